@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install Shifter and everything it needs on Debian 12 (run as root).
+#   - Debian packages: squashfs tools, squashfuse/FUSE, the registry and image tools used by tests
+#     and benchmarks, munge.
+#   - a virtual environment made from the *system* /usr/bin/python3 at $SHIFTER_PREFIX (default
+#     /opt/shifter), so ordinary users can run `shifter` and `shifterimg`.
+#   - /usr/local/bin links to the three commands.
+set -euo pipefail
+PREFIX=${SHIFTER_PREFIX:-/opt/shifter}
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+export DEBIAN_FRONTEND=noninteractive
+if [ "${SHIFTER_SKIP_APT:-0}" != 1 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends \
+    python3 python3-venv python3-pip squashfs-tools squashfuse fuse3 util-linux \
+    docker-registry skopeo umoci apache2-utils busybox-static zstd hyperfine charliecloud-runtime \
+    munge ca-certificates >/dev/null
+fi
+if [ ! -x "$PREFIX/venv/bin/python" ]; then
+  mkdir -p "$PREFIX"
+  /usr/bin/python3 -m venv "$PREFIX/venv"
+fi
+"$PREFIX/venv/bin/pip" install -q --upgrade pip
+# Editable install when ordinary users can read the checkout (development); a copy otherwise.
+if runuser -u nobody -- test -r "$SRC/pyproject.toml" 2>/dev/null; then
+  "$PREFIX/venv/bin/pip" install -q -e "$SRC[dev]"
+else
+  "$PREFIX/venv/bin/pip" install -q "$SRC[dev]"
+fi
+chmod -R a+rX "$PREFIX"
+for cmd in shifter shifterimg shifter-gateway; do
+  ln -sf "$PREFIX/venv/bin/$cmd" "/usr/local/bin/$cmd"
+done
+# Rootless squashfuse needs /dev/fuse usable by users (the normal mode on clusters).
+[ -e /dev/fuse ] && chmod 666 /dev/fuse
+mkdir -p /etc/shifter
+[ -f /etc/shifter/udiRoot.conf ] || install -m 0644 "$SRC/etc/udiRoot.conf.example" /etc/shifter/udiRoot.conf
+echo "shifter installed in $PREFIX"

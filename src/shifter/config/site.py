@@ -1,0 +1,308 @@
+"""Site configuration: ``udiRoot.conf`` (NERSC Shifter compatible) plus our gateway keys.
+
+The file format is ``key=value`` lines, ``#`` comments, ``\\`` line continuation.  Any
+unknown key is an error (a typo must never silently weaken a site's policy).  Keys of
+the form ``module_<name>_<attr>`` describe site modules.  ``etc/udiRoot.conf.example``
+documents every key with its default.
+
+This module is imported on the ``shifter`` launch path: keep it free of heavy imports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from shifter.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/shifter/udiRoot.conf"
+
+_MODULE_KEY = re.compile(r"^module_([A-Za-z0-9][A-Za-z0-9_-]*?)_(siteFs|siteEnv|siteEnvAppend|siteEnvPrepend|"
+                         r"siteEnvUnset|conflict|userhook|roothook|copyPath|enabled)$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class ModuleConfig:
+    """One site module (``module_<name>_*`` keys)."""
+
+    name: str
+    site_fs: tuple[str, ...] = ()
+    site_env: tuple[str, ...] = ()
+    site_env_append: tuple[str, ...] = ()
+    site_env_prepend: tuple[str, ...] = ()
+    site_env_unset: tuple[str, ...] = ()
+    conflict: tuple[str, ...] = ()
+    userhook: str = ""
+    roothook: str = ""
+    copy_path: str = ""
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """The parsed site configuration.  Loaded once per process and passed explicitly."""
+
+    source: str = ""
+    # --- runtime (udiRoot.conf) ---
+    image_path: str = "/var/lib/shifter/images"
+    udi_mount: str = "/var/lib/shifter/udiMount"
+    loop_mount: str = "/var/lib/shifter/loopMount"
+    etc_path: str = ""
+    site_fs: tuple[str, ...] = ()
+    site_env: tuple[str, ...] = ()
+    site_env_append: tuple[str, ...] = ()
+    site_env_prepend: tuple[str, ...] = ()
+    site_env_unset: tuple[str, ...] = ()
+    default_image_type: str = "docker"
+    allow_local_chroot: bool = False
+    mount_udi_root_writable: bool = False
+    max_group_count: int = 31
+    populate_etc_dynamically: bool = True
+    image_gateway: tuple[str, ...] = ()
+    system: str = "default"
+    default_modules: tuple[str, ...] = ()
+    modules: tuple[ModuleConfig, ...] = ()
+    auto_pull: bool = True
+    # --- image pipeline / gateway ---
+    user_image_path: str = "~/.local/share/shifter/images"
+    cache_dir: str = ""  # blob cache; default: <store>/cache
+    cache_max_size: int = 20 * 1024**3
+    database_url: str = ""  # default: sqlite:///<store>/shifter.db
+    squashfs_compression: str = "zstd"
+    squashfs_compression_level: int = 3
+    keep_setuid: bool = False
+    download_concurrency: int = 4
+    registry_mirrors: tuple[tuple[str, str], ...] = ()  # (registry host, mirror base URL)
+    insecure_registries: tuple[str, ...] = ()
+    platform: str = ""  # default: the host's os/arch[/variant]
+    gateway_admins: tuple[str, ...] = ("root",)
+
+    def module(self, name: str) -> ModuleConfig:
+        for mod in self.modules:
+            if mod.name == name:
+                return mod
+        raise ConfigError(f"unknown module '{name}'",
+                          hint=f"modules defined in {self.source or 'the site config'}: "
+                               + (", ".join(m.name for m in self.modules) or "none"))
+
+    def mirrors_for(self, registry: str) -> list[str]:
+        return [url for host, url in self.registry_mirrors if host == registry]
+
+
+def _split(value: str, sep: str | None) -> tuple[str, ...]:
+    parts = value.split(sep) if sep else value.split()
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def _bool(key: str, value: str) -> bool:
+    low = value.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(f"{key}={value!r} is not a boolean", hint="use 1/0, true/false or yes/no")
+
+
+def _int(key: str, value: str) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not an integer") from None
+    if number < 0:
+        raise ConfigError(f"{key}={value!r} must not be negative")
+    return number
+
+
+def _size(key: str, value: str) -> int:
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", value)
+    if not match:
+        raise ConfigError(f"{key}={value!r} is not a size", hint="write e.g. 500M or 20G")
+    unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[match.group(2).lower()]
+    return int(match.group(1)) * unit
+
+
+def _abs_path(key: str, value: str) -> str:
+    if not value.startswith("/"):
+        raise ConfigError(f"{key}={value!r} must be an absolute path")
+    return os.path.normpath(value)
+
+
+# key in the file -> (dataclass field, converter)
+_STR = lambda _k, v: v.strip()  # noqa: E731
+_KEYS: dict[str, tuple[str, object]] = {
+    "imagePath": ("image_path", _abs_path),
+    "udiMount": ("udi_mount", _abs_path),
+    "loopMount": ("loop_mount", _abs_path),
+    "etcPath": ("etc_path", _abs_path),
+    "siteFs": ("site_fs", lambda _k, v: _split(v, ";")),
+    "siteEnv": ("site_env", lambda _k, v: _split(v, None)),
+    "siteEnvAppend": ("site_env_append", lambda _k, v: _split(v, None)),
+    "siteEnvPrepend": ("site_env_prepend", lambda _k, v: _split(v, None)),
+    "siteEnvUnset": ("site_env_unset", lambda _k, v: _split(v, None)),
+    "defaultImageType": ("default_image_type", _STR),
+    "allowLocalChroot": ("allow_local_chroot", _bool),
+    "mountUdiRootWritable": ("mount_udi_root_writable", _bool),
+    "maxGroupCount": ("max_group_count", _int),
+    "populateEtcDynamically": ("populate_etc_dynamically", _bool),
+    "imageGateway": ("image_gateway", lambda _k, v: _split(v, None)),
+    "system": ("system", _STR),
+    "defaultModules": ("default_modules", lambda _k, v: _split(v, ",")),
+    "autoPull": ("auto_pull", _bool),
+    "userImagePath": ("user_image_path", _STR),
+    "cacheDir": ("cache_dir", _abs_path),
+    "cacheMaxSize": ("cache_max_size", _size),
+    "databaseUrl": ("database_url", _STR),
+    "squashfsCompression": ("squashfs_compression", _STR),
+    "squashfsCompressionLevel": ("squashfs_compression_level", _int),
+    "keepSetuid": ("keep_setuid", _bool),
+    "downloadConcurrency": ("download_concurrency", _int),
+    "insecureRegistries": ("insecure_registries", lambda _k, v: _split(v, None)),
+    "platform": ("platform", _STR),
+    "gatewayAdmins": ("gateway_admins", lambda _k, v: _split(v, None)),
+}
+# Keys NERSC Shifter knows that we accept and ignore (documented as such in the template).
+_IGNORED_KEYS = {"udiRootPath", "sitePreMountHook", "sitePostMountHook", "optUdiImage", "autoLoadKernelModule",
+                 "modprobePath", "insmodPath", "cpPath", "mvPath", "chmodPath", "mkfsXfsPath", "rootfsType",
+                 "gatewayTimeout", "kmodBasePath", "kmodCacheFile", "batchType", "enableSshd", "siteResources",
+                 "ddPath"}
+_MODULE_LIST = {"siteFs": ";", "siteEnv": None, "siteEnvAppend": None, "siteEnvPrepend": None,
+                "siteEnvUnset": None, "conflict": ","}
+_MODULE_FIELD = {"siteFs": "site_fs", "siteEnv": "site_env", "siteEnvAppend": "site_env_append",
+                 "siteEnvPrepend": "site_env_prepend", "siteEnvUnset": "site_env_unset",
+                 "conflict": "conflict", "userhook": "userhook", "roothook": "roothook",
+                 "copyPath": "copy_path", "enabled": "enabled"}
+
+
+def parse_lines(text: str, source: str = "<string>") -> list[tuple[int, str, str]]:
+    """Split the file into ``(line number, key, value)``; handles comments and ``\\``."""
+    entries: list[tuple[int, str, str]] = []
+    pending = ""
+    start = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.rstrip()
+        if not pending:
+            start = number
+            stripped = line.lstrip()
+            if not stripped or stripped.startswith("#"):
+                continue
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        line = pending + line
+        pending = ""
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{source}:{start}: expected key=value, got {line.strip()!r}")
+        entries.append((start, key, value.strip()))
+    if pending:
+        raise ConfigError(f"{source}: file ends inside a '\\' continuation")
+    return entries
+
+
+def parse_config(text: str, source: str = "<string>") -> SiteConfig:
+    """Parse udiRoot.conf text into a :class:`SiteConfig`."""
+    values: dict[str, object] = {"source": source}
+    modules: dict[str, dict[str, object]] = {}
+    mirrors: list[tuple[str, str]] = []
+    for number, key, value in parse_lines(text, source):
+        where = f"{source}:{number}"
+        if key in _KEYS:
+            name, conv = _KEYS[key]
+            try:
+                values[name] = conv(key, value)  # type: ignore[operator]
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err.message}", hint=err.hint) from None
+        elif key.startswith("registryMirror_"):
+            host = key[len("registryMirror_"):]
+            for url in _split(value, None):
+                mirrors.append((host, url.rstrip("/")))
+        elif match := _MODULE_KEY.match(key):
+            mod, attr = match.group(1), match.group(2)
+            entry = modules.setdefault(mod, {"name": mod})
+            if attr == "enabled":
+                entry["enabled"] = _bool(key, value)
+            elif attr in _MODULE_LIST:
+                entry[_MODULE_FIELD[attr]] = _split(value, _MODULE_LIST[attr])
+            else:
+                entry[_MODULE_FIELD[attr]] = value
+        elif key in _IGNORED_KEYS:
+            continue
+        else:
+            raise ConfigError(f"{where}: unknown key '{key}'",
+                              hint="see etc/udiRoot.conf.example for every supported key")
+    values["modules"] = tuple(ModuleConfig(**m) for m in modules.values())  # type: ignore[arg-type]
+    values["registry_mirrors"] = tuple(mirrors)
+    config = SiteConfig(**values)  # type: ignore[arg-type]
+    _validate(config)
+    return config
+
+
+def _validate(config: SiteConfig) -> None:
+    known = {m.name for m in config.modules}
+    for name in config.default_modules:
+        if name != "none" and name not in known:
+            raise ConfigError(f"{config.source}: defaultModules names unknown module '{name}'")
+    for mod in config.modules:
+        for other in mod.conflict:
+            if other not in known:
+                raise ConfigError(f"{config.source}: module_{mod.name}_conflict names unknown module '{other}'")
+    if config.squashfs_compression not in {"gzip", "lz4", "lzo", "xz", "zstd", "lzma"}:
+        raise ConfigError(f"{config.source}: unsupported squashfsCompression "
+                          f"'{config.squashfs_compression}'", hint="use zstd, lz4, gzip, xz or lzo")
+    if config.max_group_count > 65536:
+        raise ConfigError(f"{config.source}: maxGroupCount is too large")
+
+
+def check_file_trust(path: str, st: os.stat_result) -> None:
+    """When running privileged, the config must be root-owned and not group/world-writable."""
+    if st.st_uid != 0:
+        raise ConfigError(f"{path} is not owned by root", hint="chown root:root it; it controls privileged mounts")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path} is group- or world-writable", hint="chmod go-w it")
+
+
+def config_path(environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("SHIFTER_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | None = None, *, privileged: bool = False) -> SiteConfig:
+    """Load the site configuration once.
+
+    ``path`` defaults to ``$SHIFTER_CONFIG`` or ``/etc/shifter/udiRoot.conf``.  A missing
+    file yields the built-in defaults (handy on a laptop), except when privileged, where
+    the trust check requires a real root-owned file.
+    """
+    path = path or config_path()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if privileged:
+            raise ConfigError(f"site configuration {path} does not exist",
+                              hint="install etc/udiRoot.conf.example there and adapt it") from None
+        return SiteConfig(source=path)
+    except OSError as err:
+        raise ConfigError(f"cannot open site configuration {path}: {err.strerror}") from None
+    with os.fdopen(fd, "r", encoding="utf-8") as handle:
+        if privileged:
+            check_file_trust(path, os.fstat(handle.fileno()))
+        text = handle.read()
+    return parse_config(text, source=path)
+
+
+def expand_user_path(path: str, home: str | None = None) -> Path:
+    """Expand ``~`` in a configured per-user path (``home`` overrides the caller's)."""
+    if path.startswith("~"):
+        base = home if home is not None else os.path.expanduser("~")
+        return Path(base + path[1:])
+    return Path(path)
+
+
+__all__ = ["DEFAULT_CONFIG_PATH", "ModuleConfig", "SiteConfig", "check_file_trust", "config_path",
+           "expand_user_path", "load_config", "parse_config", "parse_lines"]

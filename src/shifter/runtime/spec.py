@@ -1,0 +1,63 @@
+"""The container request: everything the runtime needs, as plain data.
+
+``shifter.cli.shifter`` turns argv + environment + site config into a :class:`ContainerSpec`
+(pure, unit-tested); ``shifter.runtime.plan`` turns a spec into a mount plan (pure); the
+privileged edge in ``shifter.runtime.linux`` executes the plan.  Stdlib only: this module is
+on the launch path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the container runs as."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    user: str
+    home: str
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """One bind mount into the container (user ``--volume`` or site ``siteFs``)."""
+
+    source: str  # absolute host path (symlinks resolved safely before use)
+    target: str  # absolute path inside the container
+    read_only: bool = False
+    per_node_cache: str = ""  # "size=...[,fs=xfs]" for perNodeCache, else ""
+    origin: str = "user"  # "user", "site" or "module:<name>"
+    recursive: bool = False  # site "rec" flag
+    slave: bool = False  # site "slave" propagation flag
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """The image to run, as found in a store."""
+
+    kind: str  # "docker", "id" or "local"
+    ref: str  # what the user asked for, normalised
+    image_id: str  # hex id; "" for local chroots
+    squashfs: str  # path to the squashfs file ("" for local)
+    local_root: str  # path of a local chroot ("" for images)
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """A complete, validated request to run one command in one container."""
+
+    image: ImageInfo
+    identity: Identity
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # final environment, in order
+    cwd: str  # caller's working directory (used if it exists inside)
+    workdir: str  # --workdir or the image's WorkingDir ("" if none)
+    volumes: tuple[VolumeSpec, ...]  # site + module + user, in mount order
+    modules: tuple[str, ...] = ()
+    privileged: bool = False  # caller is real root (loop mount) vs user namespace + squashfuse
+    run_as_root: bool = False  # root without --user: container as root, no capabilities
