@@ -20,6 +20,7 @@ can do about it.
     │   ├── PlatformMismatchError     exit 9   no manifest for this host's platform
     │   └── DigestMismatchError       exit 10  blob content does not match its digest/size
     ├── LayerError                    exit 11  malformed or hostile layer that cannot be flattened
+    │   └── ArchiveError              exit 11  malformed / hostile image tarball (shifterimg import)
     ├── ConversionError               exit 12  mksquashfs (or similar) failed
     ├── StoreError                    exit 13  image store problems
     │   └── DiskFullError             exit 14  ENOSPC / quota while writing
@@ -99,6 +100,10 @@ class DigestMismatchError(RegistryError):
 
 
 class LayerError(ShifterError):
+    exit_code = 11
+
+
+class ArchiveError(LayerError):
     exit_code = 11
 
 

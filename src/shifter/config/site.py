@@ -252,11 +252,50 @@ def _validate(config: SiteConfig) -> None:
         for other in mod.conflict:
             if other not in known:
                 raise ConfigError(f"{config.source}: module_{mod.name}_conflict names unknown module '{other}'")
+    _validate_env_rules(config)
+    _validate_default_modules(config)
+    if config.default_image_type not in {"docker", "id", "local"}:
+        raise ConfigError(f"{config.source}: defaultImageType '{config.default_image_type}' "
+                          "is not an image type", hint="use docker, id or local")
     if config.squashfs_compression not in {"gzip", "lz4", "lzo", "xz", "zstd", "lzma"}:
         raise ConfigError(f"{config.source}: unsupported squashfsCompression "
                           f"'{config.squashfs_compression}'", hint="use zstd, lz4, gzip, xz or lzo")
     if config.max_group_count > 65536:
         raise ConfigError(f"{config.source}: maxGroupCount is too large")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _validate_env_rules(config: SiteConfig) -> None:
+    """siteEnv* entries must be NAME=value (siteEnvUnset: NAME) with a valid NAME."""
+    layers: list[tuple[str, ModuleConfig | SiteConfig]] = [("", config)]
+    layers += [(f"module_{m.name}_", m) for m in config.modules]
+    for prefix, layer in layers:
+        for key, entries in (("siteEnv", layer.site_env), ("siteEnvAppend", layer.site_env_append),
+                             ("siteEnvPrepend", layer.site_env_prepend)):
+            for entry in entries:
+                name, sep, _value = entry.partition("=")
+                if not sep or not _ENV_NAME.match(name):
+                    raise ConfigError(f"{config.source}: {prefix}{key} entry {entry!r} is not NAME=value",
+                                      hint="NAME is letters, digits and '_'; separate entries with spaces")
+        for name in layer.site_env_unset:
+            if not _ENV_NAME.match(name):
+                raise ConfigError(f"{config.source}: {prefix}siteEnvUnset entry {name!r} "
+                                  "is not a variable name")
+
+
+def _validate_default_modules(config: SiteConfig) -> None:
+    """defaultModules may not name 'none' with others, nor two modules that conflict."""
+    names = set(config.default_modules)
+    if "none" in names and len(names) > 1:
+        raise ConfigError(f"{config.source}: defaultModules mixes 'none' with module names")
+    for mod in config.modules:
+        if mod.name in names:
+            clash = sorted(names.intersection(mod.conflict) - {mod.name})
+            if clash:
+                raise ConfigError(f"{config.source}: defaultModules loads conflicting modules "
+                                  f"'{mod.name}' and '{clash[0]}'")
 
 
 def check_file_trust(path: str, st: os.stat_result) -> None:

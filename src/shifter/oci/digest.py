@@ -39,7 +39,8 @@ class Digest:
                                 hint="only sha256 and sha512 digests are supported")
         if len(encoded) != ALGORITHMS[algorithm] or not _HEX.fullmatch(encoded):
             raise ManifestError(f"{what} {text!r} is not a valid {algorithm} digest",
-                                hint=f"{algorithm} digests have {ALGORITHMS[algorithm]} lowercase hex characters")
+                                hint=f"{algorithm} digests have {ALGORITHMS[algorithm]} lowercase hex "
+                                     "characters")
         return cls(algorithm, encoded)
 
     @classmethod

@@ -45,6 +45,11 @@ class ImageInfo:
     squashfs: str  # path to the squashfs file ("" for local)
     local_root: str  # path of a local chroot ("" for images)
     metadata: dict[str, object] = field(default_factory=dict)
+    store: str = ""  # root of the store it was found in ("" for local)
+    # True when found in the caller's per-user store: the user wrote that squashfs, so the
+    # privileged edge must not hand it to the kernel's squashfs driver as root (use squashfuse
+    # as the user, or refuse), and must open it with the user's rights.
+    user_store: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,3 +66,12 @@ class ContainerSpec:
     modules: tuple[str, ...] = ()
     privileged: bool = False  # caller is real root (loop mount) vs user namespace + squashfuse
     run_as_root: bool = False  # root without --user: container as root, no capabilities
+    # Directories to chdir to inside the container, first that exists wins; "/" (with a
+    # warning) if none does.  Without --workdir: (cwd, image WorkingDir); with --workdir=P: (P,).
+    chdir_candidates: tuple[str, ...] = ()
+    # Names in ``env`` that steer the dynamic loader or the Python launcher (LD_PRELOAD,
+    # LD_LIBRARY_PATH, GLIBC_TUNABLES, PYTHON*, ...).  They go into the container for the final
+    # execve only; no privileged step may ever run with ``env``: privileged helpers run with
+    # shifter.runtime.environment.PRIVILEGED_ENV.
+    unsafe_env: tuple[str, ...] = ()
+    dropped_env: tuple[str, ...] = ()  # invalid names dropped from the caller's env / image ENV

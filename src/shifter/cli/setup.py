@@ -1,0 +1,117 @@
+"""``shifter-setup`` / ``shifter-teardown``: prepared containers (root only).
+
+``shifter-setup --image=IMG --user=USER [--volume=...] [--module=...]`` builds the container
+tree for that request at ``udiMount`` once, in the host mount namespace (kernel loop mount,
+root tree, /etc, system mounts, volumes, remounts), and records it in ``<udiMount>.json``.
+``shifter`` run by that user with the same image, volumes and modules then only needs a user
+and mount namespace and a chroot.  ``shifter-teardown`` detaches every mount of the tree; the
+autoclear loop device goes with the last mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from shifter.errors import ContainerError, ShifterError, UsageError
+
+
+def _require_root(prog: str) -> None:
+    if os.geteuid() != 0 or os.getuid() != 0:
+        raise UsageError(f"{prog} must be run by root", hint="it builds kernel mounts for another user")
+
+
+def _private_mountpoint(path: str) -> None:
+    """Bind ``path`` onto itself and make it private, so nothing mounted below propagates to
+    (or from) peers of the host's mount tree."""
+    from shifter.runtime.linux import syscalls as sc  # noqa: PLC0415
+
+    sc.mount(path, path, None, sc.MS_BIND)
+    sc.mount(None, path, None, sc.MS_PRIVATE)
+
+
+def detach_all(path: str) -> int:
+    """Lazily unmount every mount stacked at ``path`` (with everything below); returns how many."""
+    from shifter.runtime.linux import syscalls as sc  # noqa: PLC0415
+
+    count = 0
+    while True:
+        try:
+            sc.umount2(path, sc.MNT_DETACH | sc.UMOUNT_NOFOLLOW)
+        except OSError as err:
+            if err.errno in (errno.EINVAL, errno.ENOENT):
+                return count
+            raise ContainerError(f"cannot unmount {path}: {err.strerror}") from None
+        count += 1
+
+
+def setup(argv: Sequence[str]) -> int:
+    """Build and record the prepared container."""
+    from shifter.cli.shifter import caller_identity, warn  # noqa: PLC0415
+    from shifter.config.site import load_config  # noqa: PLC0415
+    from shifter.runtime import etc, prepared  # noqa: PLC0415
+    from shifter.runtime.linux import executor  # noqa: PLC0415
+    from shifter.runtime.options import parse_options  # noqa: PLC0415
+    from shifter.runtime.plan import Plan, container_groups, tree_ops, user_ids  # noqa: PLC0415
+    from shifter.runtime.request import spec_from_options  # noqa: PLC0415
+
+    _require_root("shifter-setup")
+    opts = parse_options([*argv, "/bin/true"], os.environ)
+    if not opts.user:
+        raise UsageError("--user is required", hint="shifter-setup --image=IMG --user=NAME")
+    config = load_config(privileged=True)
+    spec = spec_from_options(opts, os.environ, config, caller_identity(), "/")  # type: ignore[arg-type]
+    if prepared.read_record(config) is not None or prepared.is_mountpoint(config.udi_mount):
+        raise ContainerError(f"a container is already prepared at {config.udi_mount}",
+                             hint="run shifter-teardown first")
+    groups = container_groups(spec.identity, config)
+    ops = tree_ops(spec, config, etc.group_names(groups), etc.read_site_etc(config.etc_path))
+    for path in (config.loop_mount, config.udi_mount):
+        _private_mountpoint(path)
+    try:
+        executor.run(Plan(tuple(ops), user_ids(spec, config)), warn)
+    except ShifterError:
+        teardown_paths(config.udi_mount, config.loop_mount)
+        raise
+    prepared.write_record(config, prepared.make_record(spec, config))
+    return 0
+
+
+def teardown_paths(udi_mount: str, loop_mount: str) -> int:
+    """Detach the tree first (it holds binds of the image), then the image."""
+    return detach_all(udi_mount) + detach_all(loop_mount)
+
+
+def teardown(argv: Sequence[str]) -> int:
+    """Remove the prepared container: all its mounts, then the record."""
+    from shifter.config.site import load_config  # noqa: PLC0415
+    from shifter.runtime import prepared  # noqa: PLC0415
+
+    _require_root("shifter-teardown")
+    if argv:
+        raise UsageError(f"unexpected arguments: {' '.join(argv)}",
+                         hint="shifter-teardown takes no arguments")
+    config = load_config(privileged=True)
+    teardown_paths(config.udi_mount, config.loop_mount)
+    prepared.remove_record(config)
+    return 0
+
+
+def _run(prog: str, func: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
+    try:
+        return func(sys.argv[1:] if argv is None else argv)
+    except ShifterError as err:
+        sys.stderr.write(f"{prog}: error: {err.render()}\n")
+        return err.exit_code
+
+
+def setup_main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``shifter-setup``."""
+    return _run("shifter-setup", setup, argv)
+
+
+def teardown_main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``shifter-teardown``."""
+    return _run("shifter-teardown", teardown, argv)

@@ -1,0 +1,120 @@
+"""``shifter``: run a command inside an image as the calling user.
+
+Launch path: keep imports to the standard library and the light runtime modules (no httpx,
+SQLAlchemy, pydantic, rich or click; ``python -X importtime`` checks it).  A missing image
+is pulled by running ``shifterimg pull`` as a subprocess, so the heavy pipeline stays out of
+this process.  This module is the only place that turns a :class:`ShifterError` into
+``shifter: error: ...`` and an exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from shifter.errors import ContainerError, ShifterError
+
+PROG = "shifter"
+
+
+def warn(message: str) -> None:
+    """Print a warning for the user (the runtime reports them through this callback)."""
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+
+def caller_identity() -> object:
+    """The real identity of this process (the user ``shifter`` runs for)."""
+    import pwd  # noqa: PLC0415
+
+    from shifter.runtime.spec import Identity  # noqa: PLC0415
+
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        entry = pwd.getpwuid(uid)
+        user, home = entry.pw_name, entry.pw_dir
+    except KeyError:
+        user, home = str(uid), os.environ.get("HOME", "/")
+    groups = tuple(dict.fromkeys([gid, *os.getgroups()]))
+    return Identity(uid=uid, gid=gid, groups=groups, user=user, home=home)
+
+
+def current_dir() -> str:
+    """The caller's working directory, or ``/`` if it was deleted."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return "/"
+
+
+def check_not_setuid() -> bool:
+    """Privileged mode only for a caller who already is root; refuse any setuid installation."""
+    ruid, euid, _ = os.getresuid()
+    if ruid != euid:
+        raise ContainerError("shifter is running setuid; refusing",
+                             hint="shifter must never be installed setuid; run it as root or as a user")
+    return euid == 0
+
+
+def helper_env(environ: Mapping[str, str], privileged: bool) -> dict[str, str]:
+    """The environment for helper processes: a fixed, clean one when privileged (the caller's
+    ``LD_PRELOAD``/``LD_LIBRARY_PATH``/``PYTHON*`` must never reach a root process)."""
+    if privileged:
+        from shifter.runtime.environment import PRIVILEGED_ENV  # noqa: PLC0415
+
+        env = dict(PRIVILEGED_ENV)
+        if "SHIFTER_CONFIG" in environ:
+            env["SHIFTER_CONFIG"] = environ["SHIFTER_CONFIG"]
+        return env
+    return {k: v for k, v in environ.items() if not k.startswith("LD_")}
+
+
+def pull(request: str, privileged: bool) -> None:
+    """Pull ``request`` with ``shifterimg pull`` in a subprocess (shows its progress)."""
+    import subprocess  # noqa: PLC0415
+
+    cmd = [sys.executable, "-m", "shifter.cli.shifterimg", "pull", request]
+    result = subprocess.run(cmd, env=helper_env(os.environ, privileged), check=False)
+    if result.returncode != 0:
+        raise ContainerError(f"pulling {request} failed (shifterimg exit status {result.returncode})",
+                             hint=f"run 'shifterimg pull {request}' to see why")
+
+
+def run(argv: Sequence[str]) -> int:
+    """Parse, build the spec (pulling if needed), launch.  Returns only on errors/help."""
+    from shifter.config.site import load_config  # noqa: PLC0415
+    from shifter.runtime.images import ImageNotInStoreError  # noqa: PLC0415
+    from shifter.runtime.launch import launch  # noqa: PLC0415
+    from shifter.runtime.options import USAGE, parse_options  # noqa: PLC0415
+    from shifter.runtime.request import spec_from_options  # noqa: PLC0415
+
+    opts = parse_options(argv, os.environ)
+    if opts.help:
+        sys.stdout.write(USAGE)
+        return 0
+    privileged = check_not_setuid()
+    config = load_config(privileged=privileged)
+    caller, cwd = caller_identity(), current_dir()
+    try:
+        spec = spec_from_options(opts, os.environ, config, caller, cwd)  # type: ignore[arg-type]
+    except ImageNotInStoreError as err:
+        if not config.auto_pull or not err.request:
+            raise
+        pull(err.request, privileged)
+        spec = spec_from_options(opts, os.environ, config, caller, cwd)  # type: ignore[arg-type]
+    launch(spec, config, warn)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except ShifterError as err:
+        sys.stderr.write(f"{PROG}: error: {err.render()}\n")
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""``shifterimg``: pull, list, look up, inspect, remove and import images; log in to registries.
+
+Names, options and output follow NERSC Shifter's ``shifterimg`` (``images``, ``lookup``,
+``pull``, ``login``; ``-v``, ``-u``, ``-g``, ``-s``) so existing users and scripts feel at home.
+With no ``imageGateway`` configured the gateway's service runs in-process against the local
+store (site store if writable, else the per-user store).
+
+:func:`main` is the only place that turns a :class:`~shifter.errors.ShifterError` into
+``shifterimg: error: <message> (hint: ...)`` on stderr and its exit code (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import click
+import httpx
+
+from shifter.cli.progress import progress_for, timestamp
+from shifter.config.site import SiteConfig, load_config
+from shifter.convert.archive import read_archive
+from shifter.errors import (
+    AuthenticationError,
+    ImageNotFoundError,
+    ImageNotReadyError,
+    ImageReferenceError,
+    RegistryError,
+    RegistryUnavailableError,
+    ShifterError,
+    UsageError,
+)
+from shifter.gateway.service import ImageService
+from shifter.gateway.stores import Caller
+from shifter.oci.platform import Platform
+from shifter.oci.reference import DOCKER_HUB, ImageRef, parse_image_arg
+from shifter.registry.auth import RegistryAuth
+from shifter.registry.credentials import Credential, CredentialStore, normalize_registry
+from shifter.registry.endpoints import base_url, plain_http_allowed
+
+PROG = "shifterimg"
+EXIT_INTERRUPTED = 130
+
+
+class LookupMissError(ShifterError):
+    """``lookup`` of an unknown or not-ready image: exit 1, as NERSC's ``shifterimg lookup``."""
+
+    exit_code = 1
+
+
+@dataclass
+class App:
+    """State shared by the commands of one invocation (config and service are loaded lazily)."""
+
+    verbose: bool = False
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    system: str | None = None
+    _config: SiteConfig | None = None
+    _service: ImageService | None = None
+    _caller: Caller | None = None
+    out: IO[str] = field(default_factory=lambda: sys.stdout)
+
+    @property
+    def config(self) -> SiteConfig:
+        if self._config is None:
+            self._config = load_config()
+        return self._config
+
+    @property
+    def caller(self) -> Caller:
+        if self._caller is None:
+            self._caller = Caller.current()
+        return self._caller
+
+    @property
+    def service(self) -> ImageService:
+        """The embedded gateway service (opened on first use: ``login`` never opens the database)."""
+        if self._service is None:
+            self._service = ImageService.embedded(self.config, self.caller)
+        return self._service
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _split_list(_ctx: click.Context, _param: click.Parameter, value: Sequence[str]) -> tuple[str, ...]:
+    return tuple(item.strip() for entry in value for item in entry.split(",") if item.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Say more: every progress event, and error causes.")
+@click.option("-u", "--user", "users", multiple=True, callback=_split_list, metavar="USER[,USER...]",
+              help="Pull as a private image usable only by these users (not supported yet).")
+@click.option("-g", "--group", "groups", multiple=True, callback=_split_list, metavar="GROUP[,GROUP...]",
+              help="Pull as a private image usable only by these groups (not supported yet).")
+@click.option("-s", "--system", default=None, metavar="SYSTEM",
+              help="The system to act on; must be this site's 'system' (accepted for NERSC compatibility).")
+@click.version_option(package_name="shifter", prog_name=PROG)
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, users: tuple[str, ...], groups: tuple[str, ...],
+        system: str | None) -> None:
+    """Manage Shifter container images: pull them from registries into the image store."""
+    app = ctx.ensure_object(App)  # tests hand in an App with a substitute service
+    app.verbose, app.users, app.groups, app.system = verbose, users, groups, system
+    if system and system != app.config.system:
+        raise UsageError(f"system {system!r} is not served here",
+                         hint=f"this site's system is {app.config.system!r} "
+                              f"(system= in {app.config.source or 'the site configuration'})")
+
+
+# --------------------------------------------------------------------------- pull
+def _display_name(arg: str, default_type: str) -> str:
+    """``ubuntu:22.04`` -> ``docker:ubuntu:22.04`` (what NERSC prints as ``type:tag``)."""
+    prefix, sep, _rest = arg.partition(":")
+    if sep and prefix in ("docker", "id", "local"):
+        return arg
+    return f"{default_type}:{arg}"
+
+
+def _status_line(app: App, verb: str, arg: str, status: str) -> None:
+    name = _display_name(arg, app.config.default_image_type)
+    click.echo(f"{timestamp()} {verb} Image: {name}, status: {status}", file=app.out)
+
+
+def _check_acl_options(app: App) -> None:
+    if app.users or app.groups:
+        raise UsageError("private images (-u/--user, -g/--group) are not supported yet",
+                         hint="pull without -u/-g; the image is then usable by everyone on this system")
+
+
+@cli.command()
+@click.argument("image", metavar="[TYPE:]IMAGE")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display, only the final status line.")
+@pass_app
+def pull(app: App, image: str, quiet: bool) -> None:
+    """Pull IMAGE (e.g. docker:ubuntu:22.04, or host:5000/team/app@sha256:...) until it is READY."""
+    _check_acl_options(app)
+    service = app.service
+    with progress_for(sys.stderr, quiet=quiet, tty=False if app.verbose else None) as sink:
+        record = service.pull(image, app.caller, sink)
+    _status_line(app, "Pulling", image, _status(record))
+
+
+def _status(record: Any) -> str:
+    status = getattr(record, "status", "READY")
+    return str(getattr(status, "value", status))
+
+
+# --------------------------------------------------------------------------- import
+def _archive_names(target: str, default_type: str) -> list[str]:
+    """Names that may identify the wanted image inside a multi-image archive."""
+    _type, ref = parse_image_arg(target, default_type)
+    if not isinstance(ref, ImageRef):
+        return [target]
+    names = [str(ref), f"{ref.repository}:{ref.tag}", ref.tag or ""]
+    if ref.registry == DOCKER_HUB:
+        names.append(f"{ref.repository.removeprefix('library/')}:{ref.tag}")
+    return [n for n in names if n]
+
+
+@cli.command(name="import")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image", metavar="[TYPE:]IMAGE")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display, only the final status line.")
+@pass_app
+def import_(app: App, archive: Path, image: str, quiet: bool) -> None:
+    """Import ARCHIVE (docker save / docker-archive or OCI-layout tarball) as IMAGE, for offline sites."""
+    _check_acl_options(app)
+    service = app.service
+    platform = None
+    if app.config.platform:
+        platform = Platform.parse(app.config.platform)
+    with progress_for(sys.stderr, quiet=quiet, tty=False if app.verbose else None) as sink:
+        sink.phase("reading", f"verifying {archive} into the blob cache")
+        content = read_archive(archive, service.cache, service.cache.partial_dir,
+                               names=_archive_names(image, app.config.default_image_type),
+                               platform=platform, progress=sink)
+        record = service.import_image(content.to_content(), image, app.caller, sink)
+    _status_line(app, "Importing", image, _status(record))
+
+
+# --------------------------------------------------------------------------- images
+def _local_time(value: object) -> str:
+    """``2026-01-02T03:04:05Z`` (UTC) -> local ``2026-01-02T04:04:05``; ``-`` when unknown."""
+    if not value:
+        return "-"
+    text = str(value)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def familiar_name(ref: str) -> str:
+    """``docker.io/library/ubuntu:22.04`` -> ``ubuntu:22.04``; other registries stay in full."""
+    if ref.startswith("docker.io/library/"):
+        return ref[len("docker.io/library/"):]
+    if ref.startswith("docker.io/"):
+        return ref[len("docker.io/"):]
+    return ref
+
+
+def format_image_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """NERSC's layout: ``%-10s %-10s %-8s %-.10s   %s %s`` (system, type, status, id, pulled, tag)."""
+    lines = []
+    for row in sorted(rows, key=lambda r: (familiar_name(str(r.get("tag") or "~")), str(r.get("id")))):
+        tag = familiar_name(str(row["tag"])) if row.get("tag") else "<none>"
+        system, kind, status = (str(row.get(k) or "") for k in ("system", "type", "status"))
+        lines.append(f"{system:<10} {kind:<10} {status:<8} {str(row.get('id', ''))[:10]:<10}   "
+                     f"{_local_time(row.get('pulled_at'))} {tag}")
+    return lines
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (one object per tag) instead.")
+@pass_app
+def images(app: App, as_json: bool) -> None:
+    """List images: system, type, status, id (short), pulled at, tag."""
+    rows = app.service.images()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True, default=str), file=app.out)
+        return
+    for line in format_image_rows(rows):
+        click.echo(line, file=app.out)
+
+
+# --------------------------------------------------------------------------- lookup / inspect / rm
+@cli.command()
+@click.argument("image", metavar="[TYPE:]IMAGE")
+@pass_app
+def lookup(app: App, image: str) -> None:
+    """Print the id of IMAGE if it is READY; exit 1 if it is unknown or not ready."""
+    try:
+        image_id = app.service.lookup(image)
+    except (ImageNotFoundError, ImageNotReadyError) as err:
+        raise LookupMissError(err.message, hint=err.hint) from err
+    click.echo(image_id, file=app.out)
+
+
+INSPECT_FIELDS = ("id", "digest", "tags", "env", "entrypoint", "cmd", "workdir", "user", "labels", "layers",
+                  "size", "created", "status")
+
+
+@cli.command()
+@click.argument("image", metavar="[TYPE:]IMAGE")
+@pass_app
+def inspect(app: App, image: str) -> None:
+    """Print IMAGE's metadata as JSON (id, digest, tags, env, entrypoint, cmd, ... status)."""
+    info = dict(app.service.inspect(image))
+    for key in INSPECT_FIELDS:
+        info.setdefault(key, None)
+    click.echo(json.dumps(info, indent=2, sort_keys=True, default=str), file=app.out)
+
+
+@cli.command(name="rm")
+@click.argument("image", metavar="[TYPE:]IMAGE")
+@pass_app
+def rm(app: App, image: str) -> None:
+    """Remove the tag IMAGE (its files go with its last tag), or a whole image given as id:<hex>."""
+    for removed in app.service.remove(image, app.caller):
+        kind, _, name = removed.partition(":")
+        click.echo(f"removed {kind}:{familiar_name(name)}", file=app.out)
+
+
+# --------------------------------------------------------------------------- login
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise UsageError("no password on standard input",
+                             hint="echo \"$TOKEN\" | shifterimg login -u NAME --password-stdin REGISTRY")
+        return password
+    if not sys.stdin.isatty():
+        raise UsageError("cannot prompt for a password: standard input is not a terminal",
+                         hint="pipe it in with --password-stdin")
+    return str(click.prompt("Password", hide_input=True, err=True))
+
+
+def _registry_host(registry: str | None) -> str:
+    host = normalize_registry(registry or "docker.io")
+    if not host or "/" in host or any(c.isspace() for c in host):
+        raise ImageReferenceError(f"{registry!r} is not a registry host",
+                                  hint="write e.g. registry.example.org:5000")
+    return host
+
+
+def verify_login(config: SiteConfig, host: str, credential: Credential) -> None:
+    """Check ``credential`` like ``docker login``: ``GET /v2/`` must succeed with it.
+
+    Uses the registry client's auth flow (Basic, or a Bearer token from the challenge's realm).
+    """
+    api_host = "registry-1.docker.io" if host == "docker.io" else host
+    auth = RegistryAuth(lambda _netloc: credential, lambda netloc: plain_http_allowed(netloc, config))
+    url = f"{base_url(api_host, config)}/v2/"
+    try:
+        with httpx.Client(auth=auth, timeout=30.0, follow_redirects=True) as client:
+            response = client.get(url)
+    except httpx.TransportError as err:
+        raise RegistryUnavailableError(f"cannot reach registry {host}: {err}",
+                                       hint="check the name and port, and that the registry is up") from None
+    if response.status_code in (401, 403):
+        raise AuthenticationError(f"registry {host} rejected the credentials of {credential.username} "
+                                  f"(HTTP {response.status_code})", hint="check the user name and password")
+    if response.status_code >= 400:
+        raise RegistryError(f"registry {host} answered HTTP {response.status_code} to {url}",
+                            hint="is this a container registry (Distribution API v2)?")
+
+
+@cli.command()
+@click.argument("registry", required=False)
+@click.option("-u", "--username", help="User name (prompted for when missing).")
+@click.option("--password-stdin", is_flag=True, help="Read the password (or token) from standard input.")
+@click.option("--no-verify", is_flag=True, help="Store the credentials without checking them first.")
+@pass_app
+def login(app: App, registry: str | None, username: str | None, password_stdin: bool,
+          no_verify: bool) -> None:
+    """Store credentials for REGISTRY (default docker.io) in a mode-0600 file, after checking them."""
+    host = _registry_host(registry)
+    if not username:
+        if password_stdin or not sys.stdin.isatty():
+            raise UsageError("no user name given", hint="add -u/--username NAME")
+        username = str(click.prompt("Username", err=True))
+    password = _read_password(password_stdin)
+    credential = Credential(username, password)
+    if not no_verify:
+        verify_login(app.config, host, credential)
+    store = CredentialStore()
+    store.store(host, username, password)
+    click.echo(f"Login succeeded: credentials for {host} saved in {store.path}", file=app.out)
+
+
+@cli.command()
+@click.argument("registry", required=False)
+@pass_app
+def logout(app: App, registry: str | None) -> None:
+    """Forget the stored credentials for REGISTRY (default docker.io)."""
+    host = _registry_host(registry)
+    if CredentialStore().erase(host):
+        click.echo(f"Removed credentials for {host}", file=app.out)
+    else:
+        click.echo(f"No stored credentials for {host}", file=app.out)
+
+
+# --------------------------------------------------------------------------- entry point
+def _report(err: ShifterError, verbose: bool) -> int:
+    click.echo(f"{PROG}: error: {err.render()}", err=True)
+    cause = err.__cause__ or err.__context__
+    if verbose and cause is not None and not isinstance(cause, ShifterError):
+        click.echo(f"{PROG}: cause: {cause.__class__.__name__}: {cause}", err=True)
+    return err.exit_code
+
+
+def _fail_usage(err: click.ClickException) -> int:
+    err.show()
+    return 2 if isinstance(err, click.UsageError) else err.exit_code
+
+
+def run(argv: Sequence[str], app: App | None = None) -> int:
+    """Run one ``shifterimg`` command line; return its exit code (docs/cli.md lists them)."""
+    args = list(argv)
+    verbose = any(a in ("-v", "--verbose") for a in args)
+    try:
+        result = cli.main(args=args, prog_name=PROG, standalone_mode=False, obj=app)
+        return result if isinstance(result, int) else 0
+    except ShifterError as err:
+        return _report(err, verbose)
+    except click.exceptions.Abort as err:
+        if isinstance(err.__cause__ or err.__context__, EOFError):
+            click.echo(f"{PROG}: error: no input", err=True)
+            return 1
+        click.echo(f"{PROG}: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo(f"{PROG}: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as err:
+        return _fail_usage(err)
+    except click.exceptions.Exit as err:
+        return err.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console entry point: run the command; map errors to one line on stderr and an exit code."""
+    try:
+        code = run(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # e.g. `shifterimg images | head -1`
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

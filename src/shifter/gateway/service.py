@@ -1,0 +1,576 @@
+"""The gateway's service layer: pull, import, lookup, list, inspect and remove images.
+
+No HTTP and no SQL here: ``shifterimg`` drives it in-process (the embedded gateway) and
+the REST service will drive the same class.  Seams (constructor arguments) for tests:
+the repository (database), the registry client, the flattener and the squashfs builder.
+
+Pull pipeline (see ``docs/internals.md``)::
+
+    parse ref -> resolve manifest digest (one registry request)
+      -> READY in the store?  point the tag, done (no download, no conversion)
+      -> take the per-image flock (a concurrent pull of the same image waits here, then
+         finds it READY) -> clean stale work of a dead puller -> PULLING: blobs into the
+         cache -> CONVERTING: flatten into .tmp/<id>.tree, mksquashfs into
+         .tmp/<id>.squashfs.partial, delete the tree -> publish squashfs, then json
+         -> tag file -> READY
+    any failure: FAILED with the message, work files removed, tags untouched, re-raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from shifter.config.site import SiteConfig
+from shifter.convert.metadata import ImageContent, LayerBlob, build_metadata
+from shifter.convert.squashfs import SquashfsOptions, build_squashfs
+from shifter.errors import (
+    AccessDeniedError,
+    ImageNotFoundError,
+    ImageNotReadyError,
+    ShifterError,
+    StoreError,
+    UsageError,
+)
+from shifter.gateway.models import ImageRecord, Status
+from shifter.gateway.progress import NullProgress, ProgressSink
+from shifter.gateway.repository import ImageRepository
+from shifter.gateway.stores import Caller, StoreChoice, choose_store
+from shifter.oci.reference import ImageRef, parse_image_arg
+from shifter.store import publish
+from shifter.store.blobcache import BlobCache
+from shifter.store.layout import ImageStore
+from shifter.store.locks import FileLock
+
+
+class Registry(Protocol):
+    """What the service needs from :class:`shifter.registry.RegistryClient`."""
+
+    def resolve(self, ref: ImageRef, platform: Any = None) -> Any: ...
+
+    def fetch_blobs(self, ref: ImageRef, descriptors: Sequence[Any], cache: Any,
+                    progress: ProgressSink) -> list[Path]: ...
+
+
+#: ``flatten(layer_paths, dest_dir)``: build the image tree in the empty directory ``dest_dir``.
+Flattener = Callable[[Sequence[Path], Path], object]
+#: ``build(tree, dest_file) -> size``: write the squashfs.
+SquashfsBuilder = Callable[[Path, Path], int]
+
+
+class ImageService:
+    """Image operations on one store (plus read-only views of other stores for lookups)."""
+
+    def __init__(self, config: SiteConfig, choice: StoreChoice, repository: ImageRepository, *,
+                 registry: Registry | Callable[[], Registry] | None = None,
+                 flatten: Flattener | None = None, build: SquashfsBuilder | None = None) -> None:
+        self.config = config
+        self.choice = choice
+        self.store: ImageStore = choice.store
+        self.cache: BlobCache = choice.cache
+        self.repo = repository
+        self._registry_arg = registry
+        self._registry: Registry | None = None
+        self._flatten = flatten or self._default_flatten
+        self._build = build or self._default_build
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    @classmethod
+    def embedded(cls, config: SiteConfig, caller: Caller | None = None, **seams: Any) -> ImageService:
+        """The in-process gateway: the caller's store (site if writable, else per-user) and its DB."""
+        choice = choose_store(config, caller or Caller.current())
+        publish.ensure_layout(choice.store)
+        return cls(config, choice, ImageRepository.from_url(choice.database_url), **seams)
+
+    # --- pull --------------------------------------------------------------------------
+    def pull(self, ref_text: str, caller: Caller, progress: ProgressSink | None = None) -> ImageRecord:
+        """Pull ``ref_text`` until READY (or raise); returns the image record."""
+        progress = progress or NullProgress()
+        image_type, ref = self._docker_ref(ref_text, "pull")
+        self.recover()
+        progress.phase("resolve", f"resolving {ref}")
+        registry = self.registry()
+        record = self._unchanged(registry, image_type, ref, caller, progress)
+        if record is not None:
+            return record
+        resolved = registry.resolve(ref, self._platform())
+        image_id = _resolved_digest(resolved).split(":", 1)[1]
+        top = getattr(resolved, "top_digest", None)
+        record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top)
+        if record is not None:
+            return record
+        with self._image_lock(image_id, progress):
+            record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top)
+            if record is not None:
+                return record
+            return self._pull_locked(registry, ref, resolved, image_type=image_type, caller=caller,
+                                     progress=progress)
+
+    def _pull_locked(self, registry: Registry, ref: ImageRef, resolved: Any, *, image_type: str,
+                     caller: Caller, progress: ProgressSink) -> ImageRecord:
+        descriptors = list(_resolved_layers(resolved))
+        image_id = _resolved_digest(resolved).split(":", 1)[1]
+        with self._failure_guard(image_id):
+            self._start(image_id, _resolved_digest(resolved), image_type=image_type, source=str(ref),
+                        caller=caller, progress=progress)
+            total = sum(int(d.size) for d in descriptors)
+            message = f"downloading {len(descriptors)} layers ({_mb(total)}) of {ref}"
+            self.repo.set_status(image_id, Status.PULLING, message, compressed_size=total)
+            progress.phase("pulling", message)
+            paths = registry.fetch_blobs(ref, descriptors, self.cache, progress)
+            self.cache.touch(paths)
+            content = _content_from_resolved(resolved, paths)
+            return self._convert_and_publish(content, image_type, str(ref), caller, progress,
+                                             top_digest=getattr(resolved, "top_digest", None))
+
+    # --- import ------------------------------------------------------------------------
+    def import_image(self, content: ImageContent, ref_text: str, caller: Caller,
+                     progress: ProgressSink | None = None) -> ImageRecord:
+        """Convert an image whose layer blobs are already local (``shifterimg import``).
+
+        ``content.layers[i].path`` must name each blob (e.g. from ``self.cache.ingest``);
+        ``content.digest`` is the manifest digest (or, for a docker-archive, any stable
+        sha256 the importer derives).  Tagging and states work as for :meth:`pull`.
+        """
+        progress = progress or NullProgress()
+        image_type, ref = self._docker_ref(ref_text, "import")
+        image_id = content.image_id
+        if any(layer.path is None or not Path(layer.path).is_file() for layer in content.layers):
+            raise UsageError("import: every layer needs a local blob file",
+                             hint="ingest the layers with ImageService.cache.ingest() first")
+        record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress)
+        if record is not None:
+            return record
+        with self._image_lock(image_id, progress):
+            record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress)
+            if record is not None:
+                return record
+            with self._failure_guard(image_id):
+                self._start(image_id, content.digest, image_type=image_type, source=str(ref), caller=caller,
+                            progress=progress)
+                return self._convert_and_publish(content, image_type, str(ref), caller, progress)
+
+    # --- the common back half ----------------------------------------------------------
+    def _start(self, image_id: str, digest: str, *, image_type: str, source: str, caller: Caller,
+               progress: ProgressSink) -> None:
+        """Under the image lock: clean what a dead puller left, and record PENDING."""
+        existing = self.repo.get(image_id)
+        if existing is not None and existing.status.busy:
+            progress.phase("recover", f"cleaning up an interrupted pull of {image_id[:12]} "
+                                      f"(was {existing.status.value} by {existing.worker or 'unknown'})")
+        publish.clean_work(self.store, image_id)
+        owner = existing.owner if existing is not None and existing.owner else caller.username
+        self.repo.set_status(image_id, Status.PENDING, f"queued by {caller.username}", digest=digest,
+                             type=image_type, source=source, owner=owner, worker=self.worker)
+
+    def _unchanged(self, registry: Registry, image_type: str, ref: ImageRef, caller: Caller,
+                   progress: ProgressSink) -> ImageRecord | None:
+        """Re-pull of an unchanged tag: one HEAD request shows the registry still has what we have."""
+        head = getattr(registry, "head_digest", None)
+        found = self.repo.find_tag(image_type, str(ref))
+        if head is None or found is None or not found.top_digest:
+            return None
+        if self.store.resolve_tag(image_type, str(ref)) != found.image_id:
+            return None
+        if not self.store.is_ready(found.image_id) or head(ref) != found.top_digest:
+            return None
+        return self._point_tag_if_ready(image_type, str(ref), found.image_id, caller, progress,
+                                        top=found.top_digest)
+
+    def _convert_and_publish(self, content: ImageContent, image_type: str, tag: str, caller: Caller,
+                             progress: ProgressSink, *, top_digest: str | None = None) -> ImageRecord:
+        image_id = content.image_id
+        tree = publish.work_path(self.store, image_id, ".tree")
+        partial = publish.work_path(self.store, image_id, ".squashfs.partial")
+        message = f"flattening {len(content.layers)} layers"
+        self.repo.set_status(image_id, Status.CONVERTING, message)
+        progress.phase("converting", message)
+        with publish.writing(f"creating {tree}"):
+            tree.mkdir(mode=0o700)
+        self._flatten([Path(layer.path) for layer in content.layers if layer.path is not None], tree)
+        message = f"building squashfs ({self.config.squashfs_compression})"
+        self.repo.set_status(image_id, Status.CONVERTING, message)
+        progress.phase("converting", message)
+        size = self._build(tree, partial)
+        publish.remove_path(tree)
+        progress.phase("publish", f"publishing image {image_id[:12]}")
+        metadata = build_metadata(content, image_type=image_type, source=tag, squashfs_size=size,
+                                  compression=self.config.squashfs_compression)
+        publish.publish_image(self.store, image_id, partial, metadata)
+        self._tag(image_type, tag, image_id, caller, top_digest)
+        record = self.repo.set_status(image_id, Status.READY, "ready", size=size,
+                                      created=str(metadata["created"]), pulled_at=_utcnow())
+        self.cache.prune()
+        progress.phase("done", f"image {image_id[:12]} is READY as {image_type}:{tag}")
+        return record
+
+    def _point_tag_if_ready(self, image_type: str, tag: str, image_id: str, caller: Caller,
+                            progress: ProgressSink, *, top: str | None = None) -> ImageRecord | None:
+        """The fast path: the image is already READY; (re)point the tag and return its record."""
+        if not self.store.is_ready(image_id):
+            return None
+        with publish.tags_lock(self.store):
+            if not self.store.is_ready(image_id):  # removed meanwhile
+                return None
+            record = self.repo.get(image_id)
+            if record is None or record.status is not Status.READY:
+                self._adopt(image_id, caller)
+            publish.set_tag(self.store, image_type, tag, image_id)
+            self.repo.set_tag(image_type, tag, image_id, caller.username, top)
+        record = self.repo.get(image_id)
+        assert record is not None
+        progress.phase("done", f"image {image_id[:12]} is READY as {image_type}:{tag}")
+        return record
+
+    def _adopt(self, image_id: str, caller: Caller) -> ImageRecord:
+        """Record a READY image the database does not know (e.g. after the DB was lost)."""
+        meta = self.store.read_metadata(image_id)
+        existing = self.repo.get(image_id)
+        owner = existing.owner if existing is not None and existing.owner else caller.username
+        return self.repo.set_status(
+            image_id, Status.READY, "ready", digest=str(meta.get("digest", f"sha256:{image_id}")),
+            type=str(meta.get("type", "docker")), source=str(meta.get("source", "")), owner=owner,
+            size=int(str(meta.get("size", 0))), created=str(meta.get("created", "")),
+            acl=_acl(meta.get("acl")))
+
+    def _tag(self, image_type: str, tag: str, image_id: str, caller: Caller,
+             top_digest: str | None = None) -> None:
+        with publish.tags_lock(self.store):
+            publish.set_tag(self.store, image_type, tag, image_id)
+            self.repo.set_tag(image_type, tag, image_id, caller.username, top_digest)
+
+    def _image_lock(self, image_id: str, progress: ProgressSink) -> _Held:
+        """The per-image lock, taken; says so on the progress sink when it has to wait."""
+        publish.ensure_layout(self.store)
+        lock = publish.image_lock(self.store, image_id)
+        if not lock.acquire(blocking=False):
+            progress.phase("wait", f"image {image_id[:12]} is being pulled by another process "
+                                   f"({lock.holder() or 'unknown'}); waiting for it")
+            lock.acquire()
+        return _Held(lock)
+
+    def _failure_guard(self, image_id: str) -> _FailureGuard:
+        return _FailureGuard(self, image_id)
+
+    def recover(self) -> list[str]:
+        """Clean the work files of pulls whose process died; mark them FAILED.  Returns their ids."""
+        cleaned = publish.recover_stale_work(self.store)
+        for record in self.repo.list_images():
+            if record.status.busy and record.id not in cleaned and self._is_stale(record.id):
+                cleaned.append(record.id)
+        for image_id in cleaned:
+            stale = self.repo.get(image_id)
+            if stale is not None and stale.status.busy:
+                self.repo.set_status(image_id, Status.FAILED,
+                                     f"interrupted: the pulling process ({stale.worker}) died; pull again")
+        return cleaned
+
+    def _is_stale(self, image_id: str) -> bool:
+        """True when nobody holds the image's lock (its puller is gone)."""
+        lock = publish.image_lock(self.store, image_id)
+        if lock.acquire(blocking=False):
+            lock.release()
+            return True
+        return False
+
+    # --- queries -----------------------------------------------------------------------
+    def lookup(self, ref_text: str) -> str:
+        """The id of a READY image (searching this store, then the read-only ones)."""
+        store, image_id = self._find(ref_text)
+        if store.is_ready(image_id):
+            return image_id
+        raise self._not_ready(ref_text, image_id)
+
+    def images(self) -> list[dict[str, Any]]:
+        """One JSON-able row per tag (and per untagged image) in every store this service sees."""
+        rows = self._primary_rows()
+        for other in self.choice.also_search:
+            rows += _store_rows(other, "site", self.config.system)
+        return rows
+
+    def inspect(self, ref_text: str) -> dict[str, Any]:
+        """Metadata, tags and status of one image (READY or not)."""
+        store, image_id = self._find(ref_text, allow_busy=True)
+        record = self.repo.get(image_id) if store is self.store else None
+        info: dict[str, Any] = {}
+        if store.is_ready(image_id):
+            info.update(store.read_metadata(image_id))
+        elif record is not None:
+            info.update(record.to_json())
+        info["tags"] = sorted(f"{t}:{r}" for t, r, i in store.tags() if i == image_id)
+        info["status"] = record.status.value if record is not None else info.get("status", "READY")
+        info["status_message"] = record.status_message if record is not None else ""
+        info["store"] = str(store.root)
+        return info
+
+    # --- remove ------------------------------------------------------------------------
+    def remove(self, ref_text: str, caller: Caller) -> list[str]:
+        """Drop a tag (``docker:x``) or a whole image (``id:<hex>``); returns what was removed.
+
+        Allowed for the tag's owner, the image's owner and ``gatewayAdmins``.  When the last
+        tag of an image goes, its files go too.
+        """
+        image_type, value = parse_image_arg(ref_text, self.config.default_image_type)
+        with publish.tags_lock(self.store):
+            if image_type == "id":
+                image_id = self._full_id(str(value), self.store)
+                self._check_owner(caller, image_id, tag_owner=None)
+                tags = [(t, r) for t, r, i in self.store.tags() if i == image_id]
+            else:
+                tag = str(value)
+                image_id = self._tag_target(image_type, tag)
+                found = self.repo.find_tag(image_type, tag)
+                self._check_owner(caller, image_id, tag_owner=found.owner if found else None)
+                tags = [(image_type, tag)]
+            removed = [self._drop_tag(t, r) for t, r in tags]
+            if image_type == "id" or not any(i == image_id for _t, _r, i in self.store.tags()):
+                self._drop_image(image_id)
+                removed.append(f"id:{image_id}")
+        return removed
+
+    def _drop_tag(self, image_type: str, ref: str) -> str:
+        publish.remove_tag(self.store, image_type, ref)
+        self.repo.remove_tag(image_type, ref)
+        return f"{image_type}:{ref}"
+
+    def _drop_image(self, image_id: str) -> None:
+        lock = publish.image_lock(self.store, image_id)
+        if not lock.acquire(blocking=False):
+            raise ImageNotReadyError(f"image {image_id[:12]} is being pulled right now",
+                                     hint="wait for the pull to finish, then remove it")
+        try:
+            publish.remove_image(self.store, image_id)
+            publish.clean_work(self.store, image_id)
+            self.repo.delete_image(image_id)
+        finally:
+            lock.release()
+
+    def _check_owner(self, caller: Caller, image_id: str, tag_owner: str | None) -> None:
+        if caller.is_admin(self.config) or self.choice.kind == "user":
+            return
+        record = self.repo.get(image_id)
+        owners = {tag_owner, record.owner if record else None} - {None, ""}
+        if caller.username not in owners:
+            raise AccessDeniedError(f"{caller.username} may not remove this image (owner: "
+                                    f"{', '.join(sorted(o for o in owners if o)) or 'unknown'})",
+                                    hint="ask its owner or a gateway admin (gatewayAdmins)")
+
+    # --- helpers -----------------------------------------------------------------------
+    def registry(self) -> Registry:
+        """The registry client (created on first use: lookups never load httpx)."""
+        if self._registry is None:
+            arg = self._registry_arg
+            if arg is None:
+                self._registry = _default_registry(self.config)
+            elif callable(arg) and not hasattr(arg, "resolve"):
+                self._registry = arg()
+            else:
+                self._registry = arg  # type: ignore[assignment]
+        assert self._registry is not None
+        return self._registry
+
+    def _platform(self) -> Any:
+        if not self.config.platform:
+            return None
+        from shifter.oci.platform import Platform  # noqa: PLC0415  (only when configured)
+        return Platform.parse(self.config.platform)
+
+    def _docker_ref(self, ref_text: str, verb: str) -> tuple[str, ImageRef]:
+        image_type, value = parse_image_arg(ref_text, self.config.default_image_type)
+        if image_type != "docker" or not isinstance(value, ImageRef):
+            raise UsageError(f"cannot {verb} {ref_text!r}: only docker images can be {verb}ed",
+                             hint="write e.g. docker:ubuntu:22.04")
+        return image_type, value
+
+    def _stores(self) -> list[ImageStore]:
+        return [self.store, *self.choice.also_search]
+
+    def _find(self, ref_text: str, allow_busy: bool = False) -> tuple[ImageStore, str]:
+        image_type, value = parse_image_arg(ref_text, self.config.default_image_type)
+        for store in self._stores():
+            if image_type == "id":
+                image_id = self._full_id(str(value), store, missing_ok=True)
+            else:
+                image_id = store.resolve_tag(image_type, str(value)) or ""
+            if image_id:
+                return store, image_id
+        busy = self._busy_for(image_type, str(value)) if image_type != "id" else None
+        if busy is not None:
+            if allow_busy:
+                return self.store, busy.id
+            raise self._not_ready(ref_text, busy.id)
+        raise ImageNotFoundError(f"image {ref_text} is not in the image store",
+                                 hint=f"pull it first: shifterimg pull {ref_text}")
+
+    def _busy_for(self, image_type: str, source: str) -> ImageRecord | None:
+        matches = [r for r in self.repo.list_images() if r.type == image_type and r.source == source
+                   and r.status is not Status.READY]
+        return matches[0] if matches else None
+
+    def _not_ready(self, ref_text: str, image_id: str) -> ImageNotReadyError:
+        record = self.repo.get(image_id)
+        status = f"{record.status.value}: {record.status_message}" if record else "files incomplete"
+        hint = ("wait, or run 'shifterimg lookup' again" if record and record.status.busy
+                else f"pull it again: shifterimg pull {ref_text}")
+        return ImageNotReadyError(f"image {ref_text} is not ready (status {status})", hint=hint)
+
+    def _full_id(self, prefix: str, store: ImageStore, missing_ok: bool = False) -> str:
+        known = set(store.image_ids())
+        if store is self.store:
+            known |= {r.id for r in self.repo.list_images()}
+        matches = sorted(i for i in known if i.startswith(prefix))
+        if len(matches) > 1:
+            raise ImageNotFoundError(f"image id {prefix} is ambiguous", hint="give more hex digits")
+        if not matches:
+            if missing_ok:
+                return ""
+            raise ImageNotFoundError(f"no image with id {prefix}", hint="see 'shifterimg images'")
+        return matches[0]
+
+    def _tag_target(self, image_type: str, tag: str) -> str:
+        image_id = self.store.resolve_tag(image_type, tag)
+        found = self.repo.find_tag(image_type, tag)
+        if image_id is None and found is not None:
+            image_id = found.image_id
+        if image_id is None:
+            raise ImageNotFoundError(f"image {image_type}:{tag} is not in {self.store.root}",
+                                     hint="see 'shifterimg images'")
+        return image_id
+
+    def _primary_rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for record in self.repo.list_images():
+            base = _row(record.to_json(), self.choice.kind, self.config.system)
+            for tag in record.tags:
+                rows.append({**base, "tag": tag.ref, "type": tag.type})
+                seen.add((tag.type, tag.ref))
+            if not record.tags:
+                rows.append(base)
+        for image_type, ref, image_id in self.store.tags():  # tags the DB does not know
+            if (image_type, ref) not in seen:
+                rows += [r for r in _store_rows(self.store, self.choice.kind, self.config.system)
+                         if r["tag"] == ref and r["id"] == image_id]
+        return rows
+
+    def _default_flatten(self, layers: Sequence[Path], dest: Path) -> object:
+        from shifter.unpack import flatten  # noqa: PLC0415  (heavy, pull only)
+        from shifter.unpack.policy import FlattenPolicy  # noqa: PLC0415
+        return flatten(layers, dest, FlattenPolicy(keep_setuid=self.config.keep_setuid))
+
+    def _default_build(self, tree: Path, dest: Path) -> int:
+        options = SquashfsOptions(compression=self.config.squashfs_compression,
+                                  level=self.config.squashfs_compression_level)
+        return build_squashfs(tree, dest, options)
+
+
+class _Held:
+    """A context manager that releases an already acquired lock."""
+
+    def __init__(self, lock: FileLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> FileLock:
+        return self.lock
+
+    def __exit__(self, *_exc: object) -> None:
+        self.lock.release()
+
+
+class _FailureGuard:
+    """On any exception: remove the image's work files, record FAILED, re-raise."""
+
+    def __init__(self, service: ImageService, image_id: str) -> None:
+        self.service = service
+        self.image_id = image_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if exc is None:
+            return
+        publish.clean_work(self.service.store, self.image_id)
+        if isinstance(exc, ShifterError):
+            message = exc.render()
+        elif isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        else:
+            message = f"{exc.__class__.__name__}: {exc}"
+        with contextlib.suppress(StoreError):  # the original error matters more
+            self.service.repo.set_status(self.image_id, Status.FAILED, message)
+
+
+def _default_registry(config: SiteConfig) -> Registry:
+    # Imported late: lookups and listings must not pay for httpx.
+    from shifter.registry.client import RegistryClient  # noqa: PLC0415
+    from shifter.registry.credentials import CredentialStore  # noqa: PLC0415
+    return RegistryClient(config, CredentialStore())
+
+
+def _resolved_digest(resolved: Any) -> str:
+    for name in ("digest", "manifest_digest"):
+        value = getattr(resolved, name, None)
+        if isinstance(value, str) and value.startswith("sha256:") and len(value) == 71:
+            return value
+    raise StoreError("the registry client returned no sha256 manifest digest",
+                     hint="this is a bug; please report it")
+
+
+def _resolved_layers(resolved: Any) -> Sequence[Any]:
+    layers = getattr(resolved, "layers", None)
+    if layers is None:
+        layers = resolved.manifest.layers
+    return list(layers)
+
+
+def _content_from_resolved(resolved: Any, paths: Sequence[Path]) -> ImageContent:
+    config = getattr(resolved, "config", None)
+    raw = getattr(config, "raw", config) or {}
+    config_digest = getattr(resolved, "config_digest", None)
+    if config_digest is None:
+        config_digest = resolved.manifest.config.digest
+    platform = getattr(resolved, "platform", None) or getattr(config, "platform", None)
+    plat = ({"os": platform.os, "architecture": platform.architecture, "variant": platform.variant}
+            if platform is not None else {})
+    layers = [LayerBlob(d.digest, int(d.size), str(getattr(d, "media_type", "")), Path(p))
+              for d, p in zip(_resolved_layers(resolved), paths, strict=True)]
+    return ImageContent(_resolved_digest(resolved), raw, str(config_digest), layers, plat)
+
+
+def _acl(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {"private": False, "users": [], "groups": []}
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _row(info: dict[str, Any], kind: str, system: str) -> dict[str, Any]:
+    return {"system": system, "store": kind, "type": info.get("type", "docker"),
+            "status": info.get("status", "READY"), "id": info.get("id", ""),
+            "pulled_at": info.get("pulled_at"), "tag": None, "size": info.get("size", 0),
+            "owner": info.get("owner", ""), "status_message": info.get("status_message", "")}
+
+
+def _store_rows(store: ImageStore, kind: str, system: str) -> list[dict[str, Any]]:
+    """Rows for a store read through its files only (no database access)."""
+    rows: list[dict[str, Any]] = []
+    for image_type, ref, image_id in store.tags():
+        if not store.is_ready(image_id):
+            continue
+        meta = store.read_metadata(image_id)
+        rows.append({**_row(meta, kind, system), "tag": ref, "type": image_type})
+    return rows
+
+
+__all__ = ["Flattener", "ImageService", "Registry", "SquashfsBuilder"]

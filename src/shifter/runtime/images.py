@@ -1,0 +1,200 @@
+"""Find the image to run: ``[type:]tag`` -> :class:`ImageInfo`, from the site and per-user stores.
+
+* ``docker:<ref>`` (or a bare ``<ref>``): the tag file ``tags/docker/<quoted ref>`` in the site
+  store (``imagePath``), then in the caller's per-user store (``userImagePath``).
+* ``id:<hex>``: a full 64-digit id, or a unique prefix of at least 12 hex digits.
+* ``local:/path``: a directory used as the root, only where ``allowLocalChroot`` is set.
+
+An image is usable only when READY (``docs/internals.md``) and, when its ACL is private, only by
+the uids/gids it lists (and root).  A docker image that no store has raises
+:class:`ImageNotInStoreError`: the CLI may pull it (``autoPull``) and try again.
+
+Stdlib only (plus ``store.layout`` and ``oci.reference``, both light): on the launch path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from shifter.config.site import SiteConfig, expand_user_path
+from shifter.errors import (
+    AccessDeniedError,
+    ImageNotFoundError,
+    ImageNotReadyError,
+    ImageReferenceError,
+    StoreError,
+)
+from shifter.oci.reference import ImageRef, parse_image_arg
+from shifter.runtime.spec import Identity, ImageInfo
+from shifter.store.layout import READY, ImageStore
+
+
+class ImageNotInStoreError(ImageNotFoundError):
+    """A docker image that is in no store.  ``request`` is what ``shifterimg pull`` needs.
+
+    The CLI catches this to pull automatically when the site's ``autoPull`` is on, then calls
+    :func:`shifter.runtime.request.build_spec` again.
+    """
+
+    pullable = True
+
+    def __init__(self, message: str, hint: str = "", *, request: str = "") -> None:
+        super().__init__(message, hint)
+        self.request = request
+
+
+def image_stores(config: SiteConfig, identity: Identity) -> list[tuple[ImageStore, bool]]:
+    """The stores searched, in order, as ``(store, is_user_store)``: site first, then the user's."""
+    stores: list[tuple[ImageStore, bool]] = [(ImageStore(config.image_path), False)]
+    if config.user_image_path:
+        user_root = expand_user_path(config.user_image_path, identity.home)
+        if user_root.is_absolute() and user_root != Path(config.image_path):
+            stores.append((ImageStore(user_root), True))
+    return stores
+
+
+def resolve_image(text: str, config: SiteConfig, identity: Identity, *,
+                  default_type: str | None = None) -> ImageInfo:
+    """Resolve an ``--image`` argument for ``identity`` (the user the container runs as)."""
+    image_type, value = parse_image_arg(text.strip(), default_type or config.default_image_type)
+    if image_type == "local":
+        return _resolve_local(str(value), config)
+    stores = image_stores(config, identity)
+    if image_type == "id":
+        return _resolve_id(str(value), stores, identity)
+    assert isinstance(value, ImageRef)
+    return _resolve_docker(value, stores, identity)
+
+
+def _resolve_docker(ref: ImageRef, stores: Sequence[tuple[ImageStore, bool]],
+                    identity: Identity) -> ImageInfo:
+    request = f"docker:{ref}"
+    for store, is_user in stores:
+        image_id = _read_tag(store, str(ref))
+        if image_id is None and ref.digest:
+            candidate = ref.digest.partition(":")[2]
+            image_id = candidate if _has_image(store, candidate) else None
+        if image_id is not None:
+            return _load(store, is_user, image_id, request, identity, kind="docker")
+    raise ImageNotInStoreError(f"image {request} is not in the image store",
+                               hint=f"pull it with 'shifterimg pull {request}'", request=request)
+
+
+def _resolve_id(prefix: str, stores: Sequence[tuple[ImageStore, bool]], identity: Identity) -> ImageInfo:
+    matches: list[tuple[ImageStore, bool, str]] = []
+    seen: set[str] = set()
+    for store, is_user in stores:
+        ids = [prefix] if len(prefix) == 64 and _has_image(store, prefix) else \
+            [i for i in _list_ids(store) if i.startswith(prefix)]
+        for image_id in ids:
+            if image_id not in seen:
+                seen.add(image_id)
+                matches.append((store, is_user, image_id))
+    if not matches:
+        raise ImageNotFoundError(f"no image with id {prefix} in the image store",
+                                 hint="list images with 'shifterimg images'")
+    if len(matches) > 1:
+        raise ImageReferenceError(f"image id prefix {prefix} is ambiguous: "
+                                  + ", ".join(m[2][:16] for m in matches[:5]),
+                                  hint="give more hex digits of the id")
+    store, is_user, image_id = matches[0]
+    return _load(store, is_user, image_id, f"id:{image_id}", identity, kind="id")
+
+
+def _resolve_local(path: str, config: SiteConfig) -> ImageInfo:
+    if not config.allow_local_chroot:
+        raise AccessDeniedError("local images (local:/path) are not allowed on this system",
+                                hint="the site must set allowLocalChroot=1 in udiRoot.conf")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts or "\0" in path:
+        raise ImageReferenceError(f"local image path {path!r} must not contain '..'",
+                                  hint="write local:/absolute/path/to/root")
+    root = "/" + "/".join(parts)
+    if root == "/":
+        raise ImageReferenceError("local:/ would use the host's root as the image",
+                                  hint="point local: at a directory that holds an unpacked image")
+    if not os.path.isdir(root):
+        raise ImageNotFoundError(f"local image {root} is not a directory",
+                                 hint="unpack the image there first")
+    return ImageInfo(kind="local", ref=f"local:{root}", image_id="", squashfs="", local_root=root)
+
+
+def _read_tag(store: ImageStore, ref: str) -> str | None:
+    try:
+        return store.resolve_tag("docker", ref)
+    except StoreError:
+        return None  # an unreadable tag file in one store must not hide the other store
+
+
+def _list_ids(store: ImageStore) -> list[str]:
+    try:
+        return store.image_ids()
+    except OSError:
+        return []
+
+
+def _has_image(store: ImageStore, image_id: str) -> bool:
+    try:
+        return store.metadata_path(image_id).exists() or store.squashfs_path(image_id).exists()
+    except (StoreError, OSError):
+        return False
+
+
+def _load(store: ImageStore, is_user: bool, image_id: str, request: str, identity: Identity,
+          *, kind: str) -> ImageInfo:
+    """Read one image's metadata and check it is READY and allowed for ``identity``."""
+    squashfs = store.squashfs_path(image_id)
+    if not store.metadata_path(image_id).exists():
+        if squashfs.exists():
+            raise ImageNotReadyError(f"image {request} is not ready (its metadata is missing)",
+                                     hint=f"pull it again with 'shifterimg pull {request}'")
+        if kind == "docker":
+            raise ImageNotInStoreError(f"image {request} is not in the image store (stale tag)",
+                                       hint=f"pull it with 'shifterimg pull {request}'", request=request)
+        raise ImageNotFoundError(f"no image with id {image_id} in the image store")
+    metadata = store.read_metadata(image_id)
+    status = metadata.get("status")
+    if status != READY:
+        raise ImageNotReadyError(f"image {request} is not ready (status {status})",
+                                 hint=f"wait, or run 'shifterimg lookup {request}'")
+    if not squashfs.is_file():
+        raise ImageNotReadyError(f"image {request} is not ready (its squashfs file is missing)",
+                                 hint=f"pull it again with 'shifterimg pull {request}'")
+    if metadata.get("id", image_id) != image_id:
+        raise StoreError(f"metadata of image {image_id[:12]} in {store.root} names another id",
+                         hint="the store is damaged; pull the image again")
+    check_access(metadata, identity, request)
+    return ImageInfo(kind=kind, ref=request, image_id=image_id, squashfs=str(squashfs), local_root="",
+                     metadata=metadata, store=str(store.root), user_store=is_user)
+
+
+def check_access(metadata: dict[str, object], identity: Identity, request: str = "this image") -> None:
+    """Enforce the image ACL: a private image is for root and the listed uids/gids only.
+
+    A malformed ``acl`` fails closed (treated as private with nobody listed).
+    """
+    acl = metadata.get("acl")
+    if acl is None:
+        return
+    if not isinstance(acl, dict):
+        acl = {"private": True}
+    private = acl.get("private", False)
+    if private is False or identity.uid == 0:
+        return
+    users = _int_set(acl.get("users"))
+    groups = _int_set(acl.get("groups"))
+    if identity.uid in users or identity.gid in groups or groups.intersection(identity.groups):
+        return
+    raise AccessDeniedError(f"image {request} is private and {identity.user or identity.uid} may not use it",
+                            hint="ask the image's owner to grant you access")
+
+
+def _int_set(value: object) -> set[int]:
+    if not isinstance(value, list):
+        return set()
+    return {v for v in value if isinstance(v, int) and not isinstance(v, bool)}
+
+
+__all__ = ["ImageNotInStoreError", "check_access", "image_stores", "resolve_image"]

@@ -1,0 +1,563 @@
+"""Carry out a :class:`~shifter.runtime.plan.Plan`: the privileged edge of the runtime.
+
+One small function per operation kind.  Security notes that hold throughout:
+
+* Mount sources and targets are opened once (``O_PATH``) and mounted through
+  ``/proc/self/fd/N``: the object we checked is the object the kernel mounts.
+* Container paths are resolved with ``RESOLVE_IN_ROOT`` (see :mod:`.fsutil`), and user
+  volume targets are re-checked against the target rules *after* resolution, so a symlink
+  inside a volume or the image cannot move a mount onto ``/etc``.
+* In privileged mode a user's volume source is opened with the user's effective ids (root
+  must not lend its access); in unprivileged mode we are the user already.
+* Privileges are dropped after entering the root (chroot/pivot need them) and before exec.
+* The process that runs the setup is the process that execs the command: no extra process
+  holds the container's namespaces, so they die with the command, also on SIGKILL.  The
+  only helper, squashfuse, lives outside the container's mount namespace; it exits when the
+  namespace (and with it the FUSE mount) goes away.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from shifter.errors import ContainerError, VolumeError
+from shifter.runtime import plan as p
+from shifter.runtime.linux import fsutil
+from shifter.runtime.linux import syscalls as sc
+
+Warn = Callable[[str], None]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_NEW_FILE = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_IMAGE_FLAGS = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
+# statvfs f_flag bits that a remount must keep (the kernel locks them on mounts a user
+# namespace inherited; dropping one makes the remount fail with EPERM).
+_KEEP_FLAGS = ((os.ST_RDONLY, sc.MS_RDONLY), (os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV),
+               (os.ST_NOEXEC, sc.MS_NOEXEC), (os.ST_NOATIME, sc.MS_NOATIME),
+               (os.ST_NODIRATIME, sc.MS_NODIRATIME), (os.ST_RELATIME, sc.MS_RELATIME))
+
+
+class ExecError(ContainerError):
+    """The command could not be executed (exit 127 when not found, 126 otherwise, like a shell)."""
+
+    def __init__(self, message: str, hint: str = "", code: int = 127) -> None:
+        super().__init__(message, hint)
+        self.exit_code = code
+
+
+@dataclass
+class Context:
+    """State carried between operations (open fds, the FUSE helper)."""
+
+    warn: Warn
+    user: tuple[int, int, tuple[int, ...]] = (0, 0, ())
+    root_fd: int = -1
+    fuse_fd: int = -1
+    helper_pid: int = 0
+    helper_go: int = -1
+    mounted: list[str] = field(default_factory=list)
+
+
+def run(plan: p.Plan, warn: Warn, stop_before: str = "") -> Context:
+    """Execute ``plan`` in order; ``Exec`` does not return.  ``stop_before`` names a phase
+    at which to stop (``shifter-setup`` stops before ``enter``)."""
+    ctx = Context(warn, plan.user)
+    for op in plan.ops:
+        if op.phase == stop_before:
+            break
+        try:
+            _HANDLERS[type(op)](op, ctx)
+        except OSError as err:
+            raise ContainerError(f"{op.phase}: {_describe(op)}: {err.strerror or err}",
+                                 hint=_hint(op, err)) from None
+    return ctx
+
+
+def _describe(op: p.Op) -> str:
+    if isinstance(op, p.Bind):
+        return f"cannot bind {op.source} to {op.target}"
+    if isinstance(op, p.MountImage):
+        return f"cannot mount {op.source} ({op.method}) at {op.mountpoint}"
+    if isinstance(op, p.MountRootTmpfs):
+        return f"cannot mount the container root at {op.root}"
+    return f"{type(op).__name__} failed"
+
+
+def _hint(op: p.Op, err: OSError) -> str:
+    if isinstance(op, p.EnterNamespaces) and op.user_ns:
+        return "unprivileged user namespaces may be disabled (sysctl user.max_user_namespaces)"
+    if isinstance(op, p.MountImage) and op.method == "squashfuse":
+        return "squashfuse and a usable /dev/fuse (mode 0666) are needed to run unprivileged"
+    if isinstance(op, p.MountRootTmpfs | p.MountImage) and err.errno == errno.ENOENT:
+        return "the site's udiMount/loopMount directories must exist (see udiRoot.conf)"
+    return ""
+
+
+# --- namespace -----------------------------------------------------------------------------------
+
+def enter_namespaces(op: p.EnterNamespaces, ctx: Context) -> None:
+    """New user namespace (single-id maps of the caller) and/or mount namespace."""
+    if op.user_ns:
+        sc.unshare(sc.CLONE_NEWUSER)
+        # An unprivileged writer may map only its own ids, and only after denying setgroups
+        # (otherwise dropping a group could grant access a negative ACL forbade).
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{op.uid} {op.uid} 1\n")
+        _write("/proc/self/gid_map", f"{op.gid} {op.gid} 1\n")
+        if op.fuse_helper:
+            _start_fuse_helper(ctx)
+    sc.unshare(sc.CLONE_NEWNS)
+    # Nothing we mount may propagate back to the host (or into prepared containers).
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _start_fuse_helper(ctx: Context) -> None:
+    """Fork the future squashfuse daemon *before* the new mount namespace exists.
+
+    The FUSE fd must be opened inside our user namespace (the kernel checks the opener's
+    namespace at mount time), but the daemon must not sit in the container's mount
+    namespace, or it would keep that namespace, and so itself, alive after the command.
+    The child waits until the parent has mounted the connection, then execs squashfuse on
+    ``/dev/fd/N``.
+    """
+    ctx.fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    read_end, ctx.helper_go = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: wait for "go" (or EOF if the parent failed), never return
+        try:
+            os.close(ctx.helper_go)
+            args = os.read(read_end, 65536).decode().split("\0")
+            if len(args) >= 2:
+                os.set_inheritable(ctx.fuse_fd, True)
+                env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+                os.execvpe(args[0], [args[0], args[1], f"/dev/fd/{ctx.fuse_fd}"], env)  # noqa: S606
+        finally:
+            os._exit(127)
+    os.close(read_end)
+    ctx.helper_pid = pid
+
+
+# --- image ---------------------------------------------------------------------------------------
+
+def mount_image(op: p.MountImage, ctx: Context) -> None:
+    """Mount the image read-only, nosuid, nodev at the loop mount point."""
+    target = _open_dir(op.mountpoint)
+    try:
+        if op.method == "loop":
+            _mount_loop(op.source, target)
+        elif op.method == "squashfuse":
+            _mount_squashfuse(op, target, ctx)
+        elif op.method == "bind":
+            source = os.open(op.source, fsutil.PATH_FLAGS | os.O_DIRECTORY)
+            try:
+                sc.mount(fsutil.fd_path(source), fsutil.fd_path(target), None, sc.MS_BIND | sc.MS_REC)
+            finally:
+                os.close(source)
+            _remount_path(op.mountpoint, _IMAGE_FLAGS)
+        else:
+            raise ContainerError(f"unknown image mount method {op.method!r}")
+    finally:
+        os.close(target)
+
+
+def _open_dir(path: str) -> int:
+    return os.open(path, fsutil.PATH_FLAGS | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+
+def _mount_loop(squashfs: str, target: int) -> None:
+    backing = os.open(squashfs, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        loop_fd, device = sc.loop_attach_readonly(backing, os.path.basename(squashfs))
+    finally:
+        os.close(backing)
+    try:
+        sc.mount(device, fsutil.fd_path(target), "squashfs", _IMAGE_FLAGS)
+    finally:
+        # With autoclear, closing the last fd after the mount leaves the mount as the only
+        # user: the device detaches by itself when the mount namespace goes away.
+        os.close(loop_fd)
+
+
+def _mount_squashfuse(op: p.MountImage, target: int, ctx: Context) -> None:
+    if ctx.fuse_fd < 0:
+        raise ContainerError("internal error: the FUSE helper was not started")
+    data = f"fd={ctx.fuse_fd},rootmode=40000,user_id={os.geteuid()},group_id={os.getegid()}"
+    sc.mount("squashfuse", fsutil.fd_path(target), "fuse.squashfuse", _IMAGE_FLAGS, data)
+    os.write(ctx.helper_go, f"{op.helper}\0{op.source}".encode())
+    os.close(ctx.helper_go)
+    # Our copy of the fd must go: if the daemon dies, the connection then aborts (ENOTCONN)
+    # instead of hanging every access.
+    os.close(ctx.fuse_fd)
+    ctx.fuse_fd = -1
+    # squashfuse daemonises once it serves the mount: its first process exiting 0 is our
+    # "ready" signal; anything else means it failed (bad image, missing binary).
+    _, status = os.waitpid(ctx.helper_pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise ContainerError(f"squashfuse failed to serve {op.source} "
+                             f"(exit status {os.waitstatus_to_exitcode(status)})",
+                             hint="check that squashfuse is installed and the image file is readable")
+
+
+# --- root tree -----------------------------------------------------------------------------------
+
+def mount_root_tmpfs(op: p.MountRootTmpfs, ctx: Context) -> None:
+    """A tmpfs at ``udiMount``; it becomes ``/``."""
+    target = _open_dir(op.root)
+    try:
+        sc.mount("tmpfs", fsutil.fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, op.options)
+    finally:
+        os.close(target)
+    # Re-open: the fd must name the new tmpfs, not the directory underneath it.
+    ctx.root_fd = _open_dir(op.root)
+
+
+def populate_root(op: p.PopulateRoot, ctx: Context) -> None:
+    """Bind the image's top-level entries into the root; copy its top-level symlinks."""
+    image_fd = os.open(op.image, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        for entry in os.scandir(image_fd):
+            if entry.name in op.skip:
+                continue
+            _place_entry(image_fd, entry.name, ctx.root_fd)
+    finally:
+        os.close(image_fd)
+
+
+def _place_entry(image_fd: int, name: str, root_fd: int) -> None:
+    src = os.open(name, fsutil.PATH_FLAGS | os.O_NOFOLLOW, dir_fd=image_fd)
+    try:
+        mode = os.fstat(src).st_mode
+        if stat.S_ISLNK(mode):
+            # A link is copied as a link: it is resolved later inside the container.
+            os.symlink(os.readlink(name, dir_fd=image_fd), name, dir_fd=root_fd)
+            return
+        if stat.S_ISDIR(mode):
+            os.mkdir(name, 0o755, dir_fd=root_fd)
+        elif stat.S_ISREG(mode):
+            _write_new(root_fd, name, b"")
+        else:
+            return  # devices, fifos and sockets at the top level are not carried over
+        dst = os.open(name, fsutil.PATH_FLAGS | os.O_NOFOLLOW, dir_fd=root_fd)
+        try:
+            sc.mount(fsutil.fd_path(src), fsutil.fd_path(dst), None, sc.MS_BIND | sc.MS_REC)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def build_etc(op: p.BuildEtc, ctx: Context) -> None:
+    """``/etc`` = the image's, copied (never following its links), plus the generated and host
+    files, and ``mtab`` -> ``/proc/mounts``."""
+    os.mkdir("etc", 0o755, dir_fd=ctx.root_fd)
+    dst = os.open("etc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=ctx.root_fd)
+    try:
+        own = {name for name, _ in op.files} | set(op.host_files) | {"mtab"}
+        try:
+            src = os.open(os.path.join(op.image, "etc"), _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            src = -1
+        if src >= 0:
+            try:
+                _copy_tree(src, dst, skip=own)
+            finally:
+                os.close(src)
+        for name, text in op.files:
+            _write_new(dst, name, text.encode())
+        for name in op.host_files:
+            try:
+                with open(os.path.join("/etc", name), "rb") as handle:
+                    _write_new(dst, name, handle.read(1024 * 1024))
+            except FileNotFoundError:
+                continue
+        os.symlink("/proc/mounts", "mtab", dir_fd=dst)
+    finally:
+        os.close(dst)
+
+
+def _write_new(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
+    fd = os.open(name, _NEW_FILE, mode, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _copy_tree(src: int, dst: int, skip: set[str] | frozenset[str] = frozenset(), depth: int = 0) -> None:
+    """Copy a directory by fds.  Setuid/setgid bits are dropped; special files are skipped."""
+    if depth > 32:
+        return
+    for entry in os.scandir(src):
+        name = entry.name
+        if name in skip:
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+        elif stat.S_ISDIR(st.st_mode):
+            os.mkdir(name, 0o755, dir_fd=dst)
+            sub_src = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+            sub_dst = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst)
+            try:
+                _copy_tree(sub_src, sub_dst, depth=depth + 1)
+                os.fchmod(sub_dst, stat.S_IMODE(st.st_mode) & 0o1777)
+            finally:
+                os.close(sub_src)
+                os.close(sub_dst)
+        elif stat.S_ISREG(st.st_mode):
+            _copy_file(src, dst, name, stat.S_IMODE(st.st_mode) & 0o1777)
+
+
+def _copy_file(src_dir: int, dst_dir: int, name: str, mode: int) -> None:
+    try:
+        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=src_dir)
+    except PermissionError:
+        return  # unreadable in the image for this user: it would be unreadable inside too
+    try:
+        dst = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                      dir_fd=dst_dir)
+        try:
+            size = os.fstat(src).st_size
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(dst, src, offset, size - offset)
+                if sent == 0:
+                    break
+                offset += sent
+            os.fchmod(dst, mode)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+# --- binds ---------------------------------------------------------------------------------------
+
+def bind(op: p.Bind, ctx: Context) -> None:
+    """Bind a host path into the container (see :class:`shifter.runtime.plan.Bind`)."""
+    source = _open_source(op, ctx)
+    if source < 0:
+        return
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(source).st_mode)
+        if op.check_target:
+            _check_target_path(ctx, op.target)
+        try:
+            target = fsutil.ensure_in_root(ctx.root_fd, op.target, is_dir) if op.create \
+                else fsutil.open_in_root(ctx.root_fd, op.target)
+        except FileNotFoundError:
+            if op.optional:
+                return
+            raise VolumeError(f"volume target {op.target} does not exist in the image") from None
+        except OSError as err:
+            if op.optional:
+                return
+            raise VolumeError(f"cannot create volume target {op.target} in the image: {err.strerror}",
+                              hint="mount on a directory that exists in the image, or at the top level"
+                              ) from None
+        try:
+            if op.check_target:
+                _recheck_resolved(ctx, target, op.target)
+            _bind_fds(source, target, op.recursive)
+        finally:
+            os.close(target)
+        if op.slave:
+            slave = fsutil.open_in_root(ctx.root_fd, op.target)
+            try:
+                sc.mount(None, fsutil.fd_path(slave), None, sc.MS_SLAVE | sc.MS_REC)
+            finally:
+                os.close(slave)
+    finally:
+        os.close(source)
+
+
+def _bind_fds(source: int, target: int, recursive: bool) -> None:
+    try:
+        flags = sc.MS_BIND | (sc.MS_REC if recursive else 0)
+        sc.mount(fsutil.fd_path(source), fsutil.fd_path(target), None, flags)
+    except OSError as err:
+        # In a user namespace a plain bind of a tree with inherited (locked) submounts is
+        # refused, since it would reveal what those mounts cover: bind the whole tree.
+        if recursive or err.errno != errno.EINVAL:
+            raise
+        sc.mount(fsutil.fd_path(source), fsutil.fd_path(target), None, sc.MS_BIND | sc.MS_REC)
+
+
+def _open_source(op: p.Bind, ctx: Context) -> int:
+    """Open the volume source; with the user's identity and a read check for user volumes."""
+    ids = None
+    if op.as_user:
+        ids = _become_user_effective(ctx.user)
+    try:
+        fd = os.open(op.source, fsutil.PATH_FLAGS)
+        if op.phase == "user" and not os.access(fsutil.fd_path(fd), os.R_OK | os.X_OK
+                                                if stat.S_ISDIR(os.fstat(fd).st_mode) else os.R_OK,
+                                                effective_ids=op.as_user):
+            os.close(fd)
+            raise VolumeError(f"volume source {op.source} is not readable by you",
+                              hint="use a path you can read")
+        return fd
+    except FileNotFoundError:
+        if op.optional:
+            return -1
+        raise VolumeError(f"volume source {op.source} does not exist",
+                          hint="check the path before ':'") from None
+    except PermissionError:
+        raise VolumeError(f"volume source {op.source} is not accessible to you",
+                          hint="use a path you can read") from None
+    finally:
+        if ids is not None:
+            _restore_effective(ids)
+
+
+def _become_user_effective(user: tuple[int, int, tuple[int, ...]]) -> tuple[list[int], int, int]:
+    """Switch the *effective* ids to the user the container runs as (saved ids stay 0, so
+    root can switch back; the kernel checks the user's access, not root's)."""
+    uid, gid, groups = user
+    saved = (os.getgroups(), os.getegid(), os.geteuid())
+    sc.setgroups(list(groups))
+    os.setresgid(-1, gid, -1)
+    os.setresuid(-1, uid, -1)
+    return saved
+
+
+def _restore_effective(saved: tuple[list[int], int, int]) -> None:
+    groups, gid, uid = saved
+    os.setresuid(-1, uid, -1)
+    os.setresgid(-1, gid, -1)
+    sc.setgroups(groups)
+
+
+def _check_target_path(ctx: Context, target: str) -> None:
+    """Refuse a target behind an image symlink that points outside the container."""
+    from shifter.runtime.paths import check_no_escaping_symlink  # noqa: PLC0415
+
+    check_no_escaping_symlink(fsutil.fd_path(ctx.root_fd), target)
+
+
+def _recheck_resolved(ctx: Context, fd: int, asked: str) -> None:
+    """Apply the user target rules to where ``asked`` really resolved inside the root."""
+    from shifter.runtime import volumes  # noqa: PLC0415
+
+    root = fsutil.real_path(ctx.root_fd).rstrip("/")
+    real = fsutil.real_path(fd)
+    if real != root and not real.startswith(root + "/"):
+        raise VolumeError(f"volume target {asked} resolves outside the container")
+    inside = real[len(root):] or "/"
+    if inside != asked:
+        volumes._check_target(inside, f"{asked} (resolves to {inside})", site=False)
+
+
+# --- remount, enter, drop, chdir, exec ------------------------------------------------------------
+
+def remount(op: p.Remount, ctx: Context) -> None:
+    """MS_BIND flags are ignored on the first bind: apply nosuid/nodev/ro with a remount,
+    keeping whatever flags the kernel has locked on the mount."""
+    fd = fsutil.open_in_root(ctx.root_fd, op.target)
+    try:
+        flags = sc.MS_NOSUID | (sc.MS_NODEV if op.nodev else 0) | (sc.MS_RDONLY if op.read_only else 0)
+        _remount_path(fsutil.fd_path(fd), flags)
+    finally:
+        os.close(fd)
+
+
+def _remount_path(path: str, flags: int) -> None:
+    current = os.statvfs(path).f_flag
+    for st_bit, ms_bit in _KEEP_FLAGS:
+        if current & st_bit:
+            flags |= ms_bit
+    sc.mount(None, path, None, sc.MS_REMOUNT | sc.MS_BIND | flags)
+
+
+def enter_root(op: p.EnterRoot, ctx: Context) -> None:
+    """``pivot_root`` into the tree and detach the host's tree (or ``chroot`` into it)."""
+    if op.method == "chroot":
+        os.chroot(op.root)
+        os.chdir("/")
+        return
+    os.fchdir(ctx.root_fd) if ctx.root_fd >= 0 else os.chdir(op.root)
+    # pivot_root(".", "."): the old root ends up stacked on top of the new one; detaching
+    # it leaves no path back to the host tree (no put_old directory needed).
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+    if ctx.root_fd >= 0:
+        os.close(ctx.root_fd)
+        ctx.root_fd = -1
+
+
+def drop_privileges(op: p.DropPrivileges, ctx: Context) -> None:
+    """Groups, gid, uid; then every capability set emptied and no_new_privs."""
+    for cap in range(sc.cap_last_cap() + 1):
+        try:
+            sc.prctl(sc.PR_CAPBSET_DROP, cap)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+    try:
+        sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+    if op.set_groups:
+        sc.setgroups(list(op.groups))
+    os.setresgid(op.gid, op.gid, op.gid)
+    os.setresuid(op.uid, op.uid, op.uid)
+    # setresuid from 0 clears the permitted set, but in a user namespace (or as root) we
+    # keep capabilities: empty effective/permitted/inheritable explicitly.
+    sc.capset_zero()
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    if os.getresuid() != (op.uid,) * 3 or os.getresgid() != (op.gid,) * 3:
+        raise ContainerError("privilege drop did not take effect")
+
+
+def change_dir(op: p.Chdir, ctx: Context) -> None:
+    """The caller's cwd if it exists inside, else the workdir, else ``/`` with a warning."""
+    for index, path in enumerate(op.candidates):
+        try:
+            os.chdir(path)
+        except OSError:
+            continue
+        if path == "/" and index > 0 and op.candidates[0] != "/":
+            ctx.warn(f"working directory {op.candidates[0]} does not exist in the container; using /")
+        return
+    raise ContainerError("cannot change to any working directory in the container")
+
+
+def execute(op: p.Exec, ctx: Context) -> NoReturn:
+    """Replace this process with the command (PATH looked up with the container's PATH)."""
+    env = dict(op.env)
+    # Python ignores SIGPIPE and SIGXFSZ; an ignored disposition survives exec.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(op.argv[0], list(op.argv), env)  # noqa: S606
+    except FileNotFoundError:
+        raise ExecError(f"{op.argv[0]}: command not found in the image",
+                        hint=f"PATH inside is {env.get('PATH', os.defpath)}") from None
+    except OSError as err:
+        raise ExecError(f"cannot execute {op.argv[0]}: {err.strerror}", code=126) from None
+
+
+_HANDLERS: dict[type, Callable[..., object]] = {
+    p.EnterNamespaces: enter_namespaces, p.MountImage: mount_image, p.MountRootTmpfs: mount_root_tmpfs,
+    p.PopulateRoot: populate_root, p.BuildEtc: build_etc, p.Bind: bind, p.Remount: remount,
+    p.EnterRoot: enter_root, p.DropPrivileges: drop_privileges, p.Chdir: change_dir, p.Exec: execute,
+}

@@ -1,0 +1,109 @@
+"""Race-free path handling for the executor: everything by file descriptor.
+
+Why fds: a path checked and then used by name can be swapped for a symlink in between (the
+user owns volume sources and, in a local chroot, the image).  We open each object once with
+``O_PATH`` and hand the kernel ``/proc/self/fd/N`` as the mount source or target, so the
+object we checked is the object we mount.  Container paths are resolved with
+``openat2(RESOLVE_IN_ROOT)``: the kernel follows symlinks as if the container root were
+``/``, so no link in an image can lead a mount outside the container.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from shifter.runtime.linux import syscalls as sc
+from shifter.runtime.paths import container_path_parts
+
+PATH_FLAGS = sc.O_PATH | os.O_CLOEXEC
+_IN_ROOT = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
+
+
+def fd_path(fd: int) -> str:
+    """The magic-link path the kernel resolves to exactly the object behind ``fd``."""
+    return f"/proc/self/fd/{fd}"
+
+
+def open_in_root(root_fd: int, path: str, flags: int = PATH_FLAGS) -> int:
+    """Open container ``path`` below ``root_fd``; symlinks never leave the root.
+
+    Uses ``openat2(RESOLVE_IN_ROOT)``; on kernels without it (< 5.6) walks the components
+    itself with ``O_NOFOLLOW``, re-rooting absolute links and clamping ``..`` at the root.
+    """
+    rel = "/".join(container_path_parts(path)) or "."
+    try:
+        return sc.openat2(root_fd, rel, flags, _IN_ROOT)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:
+            raise
+    return _walk_in_root(root_fd, container_path_parts(path), flags)
+
+
+def _walk_in_root(root_fd: int, parts: list[str], flags: int) -> int:
+    stack = [os.dup(root_fd)]
+    links = 0
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            fd = os.open(part, PATH_FLAGS | os.O_NOFOLLOW, dir_fd=stack[-1])
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                target = os.readlink(part, dir_fd=stack[-1])
+                os.close(fd)
+                links += 1
+                if links > 40:
+                    raise OSError(errno.ELOOP, "too many symbolic links", part)
+                if target.startswith("/"):
+                    for extra in stack[1:]:
+                        os.close(extra)
+                    del stack[1:]
+                parts = container_path_parts(target) + parts
+                continue
+            stack.append(fd)
+        final = os.open(".", flags, dir_fd=stack[-1]) if flags != PATH_FLAGS else os.dup(stack[-1])
+        return final
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def ensure_in_root(root_fd: int, path: str, directory: bool) -> int:
+    """Open container ``path``, creating it (and missing parents) when absent.
+
+    Missing components are created one at a time with ``mkdirat``/``O_CREAT|O_EXCL|O_NOFOLLOW``
+    relative to the already-opened parent, so a concurrent symlink cannot redirect creation.
+    Raises ``OSError`` (``EROFS`` when the parent lies on the read-only image).
+    """
+    try:
+        return open_in_root(root_fd, path)
+    except FileNotFoundError:
+        pass
+    parts = container_path_parts(path)
+    for index, part in enumerate(parts):
+        prefix = "/".join(parts[: index + 1])
+        try:
+            os.close(open_in_root(root_fd, prefix))
+            continue
+        except FileNotFoundError:
+            pass
+        # Resolve the parent again (inside the root), then create the child relative to it.
+        parent = open_in_root(root_fd, "/".join(parts[:index]), os.O_DIRECTORY | os.O_RDONLY)
+        try:
+            if index == len(parts) - 1 and not directory:
+                os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o644, dir_fd=parent))
+            else:
+                os.mkdir(part, 0o755, dir_fd=parent)
+        finally:
+            os.close(parent)
+    return open_in_root(root_fd, path)
+
+
+def real_path(fd: int) -> str:
+    """Where ``fd`` really is (the kernel's view, for checks and messages)."""
+    return os.readlink(fd_path(fd))

@@ -1,0 +1,207 @@
+"""Content-addressed blob cache shared by all images of a store.
+
+Layout under the cache directory (``cacheDir``, default ``<store>/cache``)::
+
+    blobs/sha256/<hex>        complete, verified blobs (read-only once committed)
+    partial/sha256/<hex>      a download in progress (kept across crashes, so it can resume)
+    locks/<hex>.lock          held while one process writes that blob's partial file
+
+Protocol for a downloader (the registry client)::
+
+    path = cache.get(digest)                 # hit: done (also marks it recently used)
+    with cache.writer(digest) as partial:    # flock: one writer per blob, across processes
+        if (path := cache.get(digest)):      # someone else finished it while we waited
+            ...
+        # append to `partial` from offset partial.stat().st_size (HTTP Range), verify the
+        # digest and size while streaming, then:
+        path = cache.commit(digest, partial)
+
+Least-recently-used clean-up: :meth:`prune` deletes the blobs with the oldest mtime
+(``get`` refreshes it) until the total is at most ``max_size``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from shifter.errors import DigestMismatchError, StoreError
+from shifter.store.locks import FileLock
+from shifter.store.publish import fsync_dir, fsync_file, writing
+
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+_CHUNK = 1024 * 1024
+
+
+def digest_hex(digest: str) -> str:
+    """The hex part of a ``sha256:<hex>`` digest; :class:`StoreError` for anything else."""
+    match = _DIGEST.match(digest)
+    if not match:
+        raise StoreError(f"unsupported blob digest {digest!r}", hint="only sha256 digests are supported")
+    return match.group(1)
+
+
+class BlobCache:
+    """A directory of blobs named by their sha256 digest, with a size cap."""
+
+    def __init__(self, root: str | os.PathLike[str], max_size: int = 20 * 1024**3) -> None:
+        self.root = Path(root)
+        self.max_size = max_size
+
+    def __repr__(self) -> str:
+        return f"BlobCache({str(self.root)!r})"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.root / "partial" / "sha256"
+
+    def path(self, digest: str) -> Path:
+        """Where the complete blob lives (whether or not it exists yet)."""
+        return self.blobs_dir / digest_hex(digest)
+
+    def blob_path(self, digest: str) -> Path:
+        """Same as :meth:`path` (the name ``shifter.registry.cache.BlobCache`` uses)."""
+        return self.path(digest)
+
+    def partial_path(self, digest: str) -> Path:
+        """Where a download of ``digest`` in progress lives (stable, so it can resume); parent exists."""
+        hexd = digest_hex(digest)
+        with writing(f"preparing the blob cache {self.root}"):
+            self.partial_dir.mkdir(parents=True, exist_ok=True)
+        return self.partial_dir / hexd
+
+    def get(self, digest: str) -> Path | None:
+        """The path of a cached blob (and mark it recently used), or None."""
+        path = self.path(digest)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            pass  # a read-only cache still serves hits
+        return path if path.is_file() else None
+
+    def touch(self, paths: Iterable[Path]) -> None:
+        """Mark blobs as recently used (for :meth:`prune`)."""
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    def lock(self, digest: str) -> FileLock:
+        return FileLock(self.root / "locks" / f"{digest_hex(digest)}.lock")
+
+    @contextlib.contextmanager
+    def writer(self, digest: str) -> Iterator[Path]:
+        """Hold the blob's lock and yield its partial path (which may already hold a prefix)."""
+        with writing(f"preparing the blob cache {self.root}"):
+            self.partial_dir.mkdir(parents=True, exist_ok=True)
+            self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        with self.lock(digest):
+            yield self.partial_path(digest)
+
+    def commit(self, digest: str, partial: Path, size: int | None = None) -> Path:
+        """Atomically move a verified partial download into the cache; returns the blob path.
+
+        The caller verified the digest while streaming; ``size``, when given, is re-checked
+        here as a last line of defence against a truncated file.
+        """
+        final = self.path(digest)
+        if size is not None and partial.stat().st_size != size:
+            actual = partial.stat().st_size
+            partial.unlink(missing_ok=True)
+            raise DigestMismatchError(f"blob {digest[:19]} has {actual} bytes, expected {size}",
+                                      hint="pull again; the partial download was discarded")
+        with writing(f"storing blob {digest[:19]} in {self.root}"):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fsync_file(partial)
+            os.chmod(partial, 0o444)
+            os.replace(partial, final)
+            fsync_dir(final.parent)
+        return final
+
+    def ingest(self, source: Path, digest: str | None = None) -> tuple[str, Path]:
+        """Copy a local file into the cache (``shifterimg import``), verifying ``digest`` when given.
+
+        Returns ``(digest, path)``.
+        """
+        hasher = hashlib.sha256()
+        tmp = self.partial_dir / f".ingest-{os.getpid()}-{source.name[:40]}"
+        with writing(f"copying {source} into the blob cache"):
+            self.partial_dir.mkdir(parents=True, exist_ok=True)
+            with open(source, "rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    hasher.update(chunk)
+                    dst.write(chunk)
+        actual = f"sha256:{hasher.hexdigest()}"
+        if digest is not None and actual != digest:
+            tmp.unlink(missing_ok=True)
+            raise DigestMismatchError(f"{source} has digest {actual}, expected {digest}",
+                                      hint="the archive is corrupt; export it again")
+        with self.lock(actual):
+            if (existing := self.get(actual)) is not None:
+                tmp.unlink(missing_ok=True)
+                return actual, existing
+            return actual, self.commit(actual, tmp)
+
+    def discard(self, digest: str) -> None:
+        """Forget a partial download (e.g. after a digest mismatch)."""
+        self.partial_path(digest).unlink(missing_ok=True)
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """``(mtime, size, path)`` of every complete blob."""
+        out: list[tuple[float, int, Path]] = []
+        if not self.blobs_dir.is_dir():
+            return out
+        for entry in os.scandir(self.blobs_dir):
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                out.append((st.st_mtime, st.st_size, Path(entry.path)))
+        return out
+
+    def total_size(self) -> int:
+        return sum(size for _, size, _ in self.entries())
+
+    def prune(self, keep: Iterable[str] = (), max_size: int | None = None) -> list[str]:
+        """Delete least-recently-used blobs until the cache is at most ``max_size`` bytes.
+
+        Blobs in ``keep`` (digests) and blobs being written by another process are spared.
+        Returns the digests removed.
+        """
+        limit = self.max_size if max_size is None else max_size
+        spared = {digest_hex(d) for d in keep}
+        entries = sorted(self.entries())
+        total = sum(size for _, size, _ in entries)
+        removed: list[str] = []
+        for _mtime, size, path in entries:
+            if total <= limit:
+                break
+            if path.name in spared:
+                continue
+            digest = f"sha256:{path.name}"
+            lock = self.lock(digest)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                path.unlink(missing_ok=True)
+            finally:
+                lock.release()
+            total -= size
+            removed.append(digest)
+        return removed
+
+    def clear(self) -> None:
+        """Delete everything (blobs and partial downloads)."""
+        for sub in ("blobs", "partial"):
+            shutil.rmtree(self.root / sub, ignore_errors=True)
+
+
+__all__ = ["BlobCache", "digest_hex"]
