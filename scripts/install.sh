@@ -35,4 +35,9 @@ done
 [ -e /dev/fuse ] && chmod 666 /dev/fuse
 mkdir -p /etc/shifter
 [ -f /etc/shifter/udiRoot.conf ] || install -m 0644 "$SRC/etc/udiRoot.conf.example" /etc/shifter/udiRoot.conf
+# The directories the configuration names (imagePath, udiMount, loopMount), root-owned, world-readable.
+for key in imagePath udiMount loopMount; do
+  dir=$(sed -n "s/^[[:space:]]*$key[[:space:]]*=[[:space:]]*//p" /etc/shifter/udiRoot.conf | tail -n 1)
+  [ -n "$dir" ] && install -d -m 0755 "$dir"
+done
 echo "shifter installed in $PREFIX"
