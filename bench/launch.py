@@ -1,7 +1,9 @@
 """Launch latency of ``shifter --image=X /bin/true`` against its peers, side by side.
 
-Run as root from the repository root: ``/opt/shifter/venv/bin/python bench/launch.py``.
-Builds a busybox squashfs store in a temp dir, then times with hyperfine (``-N``, no shell):
+Run as root from the repository root: ``/opt/shifter/venv/bin/python bench/launch.py [--runs N]``.
+Builds a busybox squashfs store in a temporary directory under /var/lib (not /tmp: every
+container binds the host's /tmp recursively, and a site tree below it would be bound in too),
+then times with hyperfine (``-N``, no shell), all in one run:
 
 * ``/bin/true`` on the host (the floor), and ``runuser -u USER -- /bin/true`` (the floor for
   anything run as the unprivileged user);
@@ -11,11 +13,15 @@ Builds a busybox squashfs store in a temp dir, then times with hyperfine (``-N``
 * Charliecloud's ``ch-run`` on the same squashfs, through runuser;
 * ``podman run`` if podman is installed (skipped with a note otherwise).
 
-Prints each median and its ratio to ``/bin/true`` and to ``ch-run``.
+``shifter`` is the command users run: the one on ``PATH`` (``/usr/local/bin/shifter``, the
+launcher scripts/install.sh writes), else the venv's.  Prints each command's min and median,
+the median minus its floor, and the ratios of the medians to ``/bin/true`` and to ``ch-run``.
+Targets (issue 3): privileged <= 25 ms, unprivileged <= 30 ms, prepared <= 10 ms (medians).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -35,9 +41,14 @@ from tests.integration.test_runtime_security import (
 )
 
 VENV_BIN = Path("/opt/shifter/venv/bin")
+AS_USER = ("shifter unprivileged", "shifter prepared", "ch-run")
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per command (default 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (it creates a test user and kernel loop mounts)")
         return 2
@@ -46,20 +57,25 @@ def main() -> int:
         return 2
     _ensure_user()
     os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-bench-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="shifter-bench-", dir="/var/lib"))
     try:
-        return run(base)
+        return run(base, args.runs, args.warmup)
     finally:
         subprocess.run([str(VENV_BIN / "shifter-teardown")], env=env_for(base), check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
+def shifter_command() -> str:
+    """The ``shifter`` a user gets: on PATH (as installed), else the venv's."""
+    return shutil.which("shifter", path="/usr/local/bin:/usr/bin:/bin") or str(VENV_BIN / "shifter")
+
+
 def env_for(base: Path) -> dict[str, str]:
-    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SHIFTER_CONFIG": str(base / "udiRoot.conf"),
-            "HOME": "/tmp", "USER": TEST_USER}
+    return {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "SHIFTER_CONFIG": str(base / "udiRoot.conf"),
+            "HOME": "/tmp", "USER": TEST_USER, "LANG": "C"}
 
 
-def run(base: Path) -> int:
+def run(base: Path, runs: int, warmup: int) -> int:
     store, udi, loop, rootfs = base / "store", base / "udi", base / "loop", base / "rootfs"
     for path in (store / "tags/docker", udi, loop):
         path.mkdir(parents=True)
@@ -71,16 +87,16 @@ def run(base: Path) -> int:
     subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
     env = env_for(base)
     sqfs = store / f"{image_id}.squashfs"
-    shifter = f"{VENV_BIN}/shifter --image=busybox:bench /bin/true"
+    shifter = f"{shifter_command()} --image=busybox:bench /bin/true"
     as_user = f"runuser -u {TEST_USER} --"
     commands = {
         "true": "/bin/true",
         "runuser true": f"{as_user} /bin/true",
-        "shifter privileged": f"{VENV_BIN}/shifter --user={TEST_USER} --image=busybox:bench /bin/true",
+        "shifter privileged": f"{shifter_command()} --user={TEST_USER} --image=busybox:bench /bin/true",
         "shifter unprivileged": f"{as_user} {shifter}",
         "ch-run": f"{as_user} ch-run {sqfs} -- /bin/true",
     }
-    notes = []
+    notes = [f"shifter is {shifter_command()}"]
     if not shutil.which("ch-run"):
         del commands["ch-run"]
         notes.append("ch-run not installed: skipped")
@@ -90,39 +106,43 @@ def run(base: Path) -> int:
         notes.append("podman: needs an image loaded; see MACHINE-NOTES for the flags")
     else:
         notes.append("podman is not installed: skipped")
-    medians = hyperfine(commands, env, base / "first.json")
+    times = hyperfine(commands, env, base / "first.json", runs, warmup)
     setup = subprocess.run([str(VENV_BIN / "shifter-setup"), "--image=busybox:bench", f"--user={TEST_USER}"],
                            env=env, capture_output=True, text=True, check=False)
     if setup.returncode == 0:
-        medians.update(hyperfine({"shifter prepared": f"{as_user} {shifter}"}, env, base / "prep.json"))
+        times.update(hyperfine({"shifter prepared": f"{as_user} {shifter}"}, env, base / "prep.json", runs, warmup))
     else:
         notes.append(f"shifter-setup failed: {setup.stderr.strip()}")
-    report(medians, notes)
+    report(times, notes)
     return 0
 
 
-def hyperfine(commands: dict[str, str], env: dict[str, str], out: Path) -> dict[str, float]:
-    args = ["hyperfine", "-N", "--warmup", "3", "--runs", "30", "--export-json", str(out), "--style", "basic"]
+def hyperfine(commands: dict[str, str], env: dict[str, str], out: Path, runs: int,
+              warmup: int) -> dict[str, tuple[float, float]]:
+    """``name -> (min ms, median ms)``."""
+    args = ["hyperfine", "-N", "--warmup", str(warmup), "--runs", str(runs), "--export-json", str(out),
+            "--style", "basic"]
     for name, cmd in commands.items():
         args += ["-n", name, cmd]
     subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=None)
     results = json.loads(out.read_text())["results"]
-    return {r["command"]: r["median"] * 1000 for r in results}
+    return {r["command"]: (r["min"] * 1000, r["median"] * 1000) for r in results}
 
 
-def report(medians: dict[str, float], notes: list[str]) -> None:
-    floor = medians.get("true", 0.0)
-    user_floor = medians.get("runuser true", 0.0)
-    chrun = medians.get("ch-run")
-    print(f"{'command':24} {'median ms':>10} {'minus floor':>12} {'x ch-run':>9}")
-    for name, ms in medians.items():
-        own_floor = user_floor if name in ("shifter unprivileged", "shifter prepared", "ch-run") else floor
-        ratio = f"{ms / chrun:9.2f}" if chrun else "        -"
-        print(f"{name:24} {ms:10.1f} {ms - own_floor:12.1f} {ratio}")
+def report(times: dict[str, tuple[float, float]], notes: list[str]) -> None:
+    floor = times.get("true", (0.0, 0.0))[1]
+    user_floor = times.get("runuser true", (0.0, 0.0))[1]
+    chrun = times.get("ch-run", (0.0, 0.0))[1]
+    print(f"{'command':22} {'min ms':>7} {'median':>7} {'- floor':>8} {'x true':>7} {'x ch-run':>9}")
+    for name, (low, median) in times.items():
+        own_floor = user_floor if name in AS_USER else floor
+        vs_true = f"{median / floor:7.1f}" if floor else "      -"
+        vs_chrun = f"{median / chrun:9.2f}" if chrun else "        -"
+        print(f"{name:22} {low:7.1f} {median:7.1f} {median - own_floor:8.1f} {vs_true} {vs_chrun}")
     for note in notes:
         print(f"note: {note}")
-    print(f"(unprivileged rows run through runuser as uid {TEST_UID}; "
-          "'minus floor' subtracts runuser's cost)")
+    print(f"(rows run as {TEST_USER}, uid {TEST_UID}, go through runuser; '- floor' subtracts runuser's cost; "
+          "'x true' and 'x ch-run' compare medians)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from shifter.oci.reference import parse_reference
 from shifter.registry.client import RegistryClient
 from shifter.registry.credentials import CredentialStore
 from shifter.registry.session import RetryPolicy
+from shifter.store.locks import FileLock
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, PushedImage
 from tests.fixtures.images import Layer, OCILayout, file, layer_tar, push, push_image
 from tests.fixtures.registry import Registry, free_port, have_tools
@@ -46,6 +47,9 @@ class DirCache:
 
     def partial_path(self, digest: str) -> Path:
         return self.root / f"{digest.split(':')[1]}.partial"
+
+    def lock(self, digest: str) -> FileLock:
+        return FileLock(self.root / f"{digest.split(':')[1]}.lock")
 
     def commit(self, digest: str, partial: Path) -> Path:
         os.replace(partial, self.blob_path(digest))

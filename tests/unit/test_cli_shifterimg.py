@@ -50,7 +50,7 @@ class FakeService:
         if self.error is not None:
             raise self.error
 
-    def pull(self, ref: str, caller: Caller, progress: Any) -> ImageRecord:
+    def pull(self, ref: str, caller: Caller, progress: Any, acl: Any = None) -> ImageRecord:
         self._call("pull", ref)
         progress.phase("pulling", "downloading 1 layer")
         progress.layer_start("sha256:" + "ab" * 32, 2048)

@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from shifter.config.site import _KEYS, _MODULE_KEY, SiteConfig, parse_config
+from shifter.config.site import _KEYS, SiteConfig, _module_key, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "etc" / "udiRoot.conf.example"
 MODULE_ATTRS = ("siteFs", "siteEnv", "siteEnvAppend", "siteEnvPrepend", "siteEnvUnset", "conflict",
@@ -52,7 +52,7 @@ def test_uncommented_examples_parse_too() -> None:
     assert config.default_modules == ("mpich",)
     for line in active:
         key = line.partition("=")[0]
-        assert key in _KEYS or _MODULE_KEY.match(key) or key.startswith("registryMirror_")
+        assert key in _KEYS or _module_key(key) or key.startswith("registryMirror_")
 
 
 def test_example_is_usable_after_changes() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shifter.config.site import SiteConfig
-from shifter.errors import ContainerError
+from shifter.errors import ContainerError, VolumeError
 from shifter.runtime import plan as p
 from shifter.runtime.spec import ContainerSpec, Identity, ImageInfo, VolumeSpec
 
@@ -117,10 +117,41 @@ def test_root_without_user_runs_as_root_with_no_groups() -> None:
     assert (drop.uid, drop.gid, drop.groups) == (0, 0, ())
 
 
-def test_per_node_cache_is_refused_for_now() -> None:
-    vols = (VolumeSpec("/x", "/x", per_node_cache="size=1G"),)
-    with pytest.raises(ContainerError, match="perNodeCache"):
-        p.build_plan(make_spec(volumes=vols), CONFIG)
+def test_per_node_cache_is_a_loop_file_system_when_privileged() -> None:
+    vols = (VolumeSpec("/ignored", "/cache", per_node_cache="size=1G,fs=xfs"),)
+    config = dataclasses.replace(CONFIG, per_node_cache_path="/local/cache")
+    plan = p.build_plan(make_spec(volumes=vols, privileged=True), config)
+    assert "/cache" not in [b.target for b in ops_of(plan, p.Bind)]  # the source is not bound
+    cache = ops_of(plan, p.MountCache)[0]
+    assert cache == p.MountCache("user", "/cache", 1024**3, "loop", fs="xfs", backing_dir="/local/cache",
+                                 uid=2001, gid=2001, check_target=True)
+    assert p.Remount("/cache", False) in plan.ops
+    assert plan.phases().index("user") > plan.phases().index("system")
+
+
+def test_per_node_cache_is_a_size_limited_tmpfs_when_unprivileged() -> None:
+    vols = (VolumeSpec("/x", "/cache", per_node_cache="size=64M"),)
+    cache = ops_of(p.build_plan(make_spec(volumes=vols), CONFIG), p.MountCache)[0]
+    assert (cache.method, cache.size, cache.fs) == ("tmpfs", 64 * 1024**2, "auto")
+
+
+def test_per_node_cache_over_the_site_limit_is_refused() -> None:
+    vols = (VolumeSpec("/x", "/cache", per_node_cache="size=2G"),)
+    config = dataclasses.replace(CONFIG, per_node_cache_size_limit=1024**3)
+    with pytest.raises(VolumeError, match="over the site's limit"):
+        p.build_plan(make_spec(volumes=vols, privileged=True), config)
+
+
+def test_private_propagation_unless_a_volume_is_slave() -> None:
+    plain = p.build_plan(make_spec(volumes=(VolumeSpec("/s", "/s", origin="site"),)), CONFIG)
+    assert ops_of(plain, p.EnterNamespaces)[0].propagation == "private"
+    assert not any(b.private or b.slave for b in ops_of(plain, p.Bind))
+    vols = (VolumeSpec("/s", "/s", origin="site", slave=True), VolumeSpec("/d", "/d"))
+    plan = p.build_plan(make_spec(volumes=vols), CONFIG)
+    assert ops_of(plan, p.EnterNamespaces)[0].propagation == "slave"
+    binds = {b.target: b for b in ops_of(plan, p.Bind)}
+    assert binds["/s"].slave and not binds["/s"].private
+    assert all(b.private for t, b in binds.items() if t != "/s")  # /proc, /tmp, ..., /d
 
 
 def test_local_chroot_needs_site_permission() -> None:
@@ -133,8 +164,10 @@ def test_local_chroot_needs_site_permission() -> None:
 
 def test_user_store_image_never_reaches_kernel_squashfs_as_root() -> None:
     mine = dataclasses.replace(IMAGE, user_store=True)
-    with pytest.raises(ContainerError, match="personal image store"):
-        p.build_plan(make_spec(image=mine, privileged=True), CONFIG)
+    plan = p.build_plan(make_spec(image=mine, privileged=True), CONFIG)
+    assert ops_of(plan, p.MountImage)[0].method == "squashfuse"
+    ns = ops_of(plan, p.EnterNamespaces)[0]
+    assert not ns.user_ns and ns.fuse_helper  # root, no user namespace, a FUSE helper
     assert ops_of(p.build_plan(make_spec(image=mine), CONFIG), p.MountImage)[0].method == "squashfuse"
 
 

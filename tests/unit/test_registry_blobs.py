@@ -17,6 +17,7 @@ from shifter.registry.cache import BlobCache
 from shifter.registry.client import RegistryClient
 from shifter.registry.credentials import CredentialStore
 from shifter.registry.session import RetryPolicy
+from shifter.store.locks import FileLock
 from tests.fixtures.fake_registry import OCI_LAYER, Body, FakeRegistry, sha256
 
 REF = parse_reference("reg.example/team/app:1")
@@ -62,6 +63,9 @@ class DirCache:
 
     def partial_path(self, digest: str) -> Path:
         return self.root / "partial" / digest.split(":")[1]
+
+    def lock(self, digest: str) -> FileLock:
+        return FileLock(self.root / f"{digest.split(':')[1]}.lock")
 
     def commit(self, digest: str, partial: Path) -> Path:
         self.commits.append(digest)

@@ -74,15 +74,30 @@ def test_docker_tag_in_site_store(stores: Stores) -> None:
     assert resolve_image("ubuntu:22.04", config, ALICE).image_id == make_id(1)
 
 
-def test_site_store_wins_then_user_store(stores: Stores) -> None:
+def test_user_store_wins_for_that_user_then_site_store(stores: Stores) -> None:
     config, site, user = stores
     add_image(site, make_id(1), "docker.io/library/ubuntu:22.04")
     add_image(user, make_id(2), "docker.io/library/ubuntu:22.04")
     add_image(user, make_id(3), "docker.io/library/mine:1")
+    add_image(site, make_id(4), "docker.io/library/sitewide:1")
     me = alice(user)
-    assert resolve_image("ubuntu:22.04", config, me).image_id == make_id(1)
+    mine = resolve_image("ubuntu:22.04", config, me)
+    assert mine.image_id == make_id(2) and mine.user_store  # the user's own pull of the tag wins
+    assert resolve_image("ubuntu:22.04", config, BOB).image_id == make_id(1)  # not for anyone else
     info = resolve_image("mine:1", config, me)
     assert info.image_id == make_id(3) and info.user_store and info.store == str(user)
+    other = resolve_image("sitewide:1", config, me)
+    assert other.image_id == make_id(4) and not other.user_store and other.store == str(site)
+
+
+def test_relative_user_image_path_is_ignored(stores: Stores, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    config, site, _user = stores
+    add_image(site, make_id(1), "docker.io/library/ubuntu:22.04")
+    add_image(tmp_path / "rel", make_id(2), "docker.io/library/ubuntu:22.04")
+    monkeypatch.chdir(tmp_path)
+    relative = replace(config, user_image_path="rel")
+    assert resolve_image("ubuntu:22.04", relative, ALICE).image_id == make_id(1)
 
 
 def test_unknown_image_is_pullable(stores: Stores) -> None:

@@ -31,7 +31,7 @@ GOOD_USER = [
     ("/x:/y:", VolumeSpec("/x", "/y")),
     ('"/x:/y:ro"', VolumeSpec("/x", "/y", read_only=True)),
     ("/x:/cache:perNodeCache=size=10G",
-     VolumeSpec("/x", "/cache", per_node_cache=f"size={10 * 1024**3},bs=1048576,fs=xfs,method=loop")),
+     VolumeSpec("/x", "/cache", per_node_cache=f"size={10 * 1024**3},bs=1048576,fs=auto,method=loop")),
 ]
 
 
@@ -75,7 +75,7 @@ HOSTILE_USER = [
     ("/x:/y:perNodeCache=fs=xfs", "needs a size"),
     ("/x:/y:perNodeCache=size=0", "greater than zero"),
     ("/x:/y:perNodeCache=size=lots", "invalid perNodeCache size"),
-    ("/x:/y:perNodeCache=size=1G,fs=ext4", "fs='ext4'"),
+    ("/x:/y:perNodeCache=size=1G,fs=btrfs", "fs='btrfs'"),
     ("/x:/y:perNodeCache=size=1G,color=red", "unknown perNodeCache option"),
     ("/x:/y:perNodeCache=size=1G:ro", "cannot be read-only"),
 ]
@@ -135,6 +135,8 @@ def test_per_node_cache_round_trip() -> None:
     cache = parse_per_node_cache("size=1G,fs=XFS,bs=4k,method=loop")
     assert (cache.size, cache.block_size, cache.fs, cache.method) == (1024**3, 4096, "xfs", "loop")
     assert parse_per_node_cache(cache.render()) == cache
+    assert parse_per_node_cache("size=2g,fs=ext4").fs == "ext4"
+    assert parse_per_node_cache("size=2g").fs == "auto"
 
 
 def test_duplicate_targets_name_both() -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
 
 from shifter.errors import ContainerError, ShifterError
+
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 PROG = "shifter"
 
@@ -70,11 +73,14 @@ def helper_env(environ: Mapping[str, str], privileged: bool) -> dict[str, str]:
 
 
 def pull(request: str, privileged: bool) -> None:
-    """Pull ``request`` with ``shifterimg pull`` in a subprocess (shows its progress)."""
+    """Pull ``request`` with ``shifterimg pull`` in a subprocess.  Its progress goes to our
+    stderr: stdout belongs to the command that runs next."""
     import subprocess  # noqa: PLC0415
 
     cmd = [sys.executable, "-m", "shifter.cli.shifterimg", "pull", request]
-    result = subprocess.run(cmd, env=helper_env(os.environ, privileged), check=False)
+    sys.stdout.flush()
+    result = subprocess.run(cmd, env=helper_env(os.environ, privileged), stdin=subprocess.DEVNULL,
+                            stdout=sys.stderr.fileno(), check=False)
     if result.returncode != 0:
         raise ContainerError(f"pulling {request} failed (shifterimg exit status {result.returncode})",
                              hint=f"run 'shifterimg pull {request}' to see why")

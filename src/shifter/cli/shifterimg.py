@@ -24,7 +24,6 @@ import httpx
 
 from shifter.cli.progress import progress_for, timestamp
 from shifter.config.site import SiteConfig, load_config
-from shifter.convert.archive import read_archive
 from shifter.errors import (
     AuthenticationError,
     ImageNotFoundError,
@@ -35,10 +34,9 @@ from shifter.errors import (
     ShifterError,
     UsageError,
 )
+from shifter.gateway.acl import ImageAcl, resolve_acl
 from shifter.gateway.service import ImageService
 from shifter.gateway.stores import Caller
-from shifter.oci.platform import Platform
-from shifter.oci.reference import DOCKER_HUB, ImageRef, parse_image_arg
 from shifter.registry.auth import RegistryAuth
 from shifter.registry.credentials import Credential, CredentialStore, normalize_registry
 from shifter.registry.endpoints import base_url, plain_http_allowed
@@ -96,9 +94,9 @@ def _split_list(_ctx: click.Context, _param: click.Parameter, value: Sequence[st
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Say more: every progress event, and error causes.")
 @click.option("-u", "--user", "users", multiple=True, callback=_split_list, metavar="USER[,USER...]",
-              help="Pull as a private image usable only by these users (not supported yet).")
+              help="pull/import: a private image, usable only by these users (names or uids) and root.")
 @click.option("-g", "--group", "groups", multiple=True, callback=_split_list, metavar="GROUP[,GROUP...]",
-              help="Pull as a private image usable only by these groups (not supported yet).")
+              help="pull/import: a private image, usable only by these groups (names or gids) and root.")
 @click.option("-s", "--system", default=None, metavar="SYSTEM",
               help="The system to act on; must be this site's 'system' (accepted for NERSC compatibility).")
 @click.version_option(package_name="shifter", prog_name=PROG)
@@ -128,10 +126,9 @@ def _status_line(app: App, verb: str, arg: str, status: str) -> None:
     click.echo(f"{timestamp()} {verb} Image: {name}, status: {status}", file=app.out)
 
 
-def _check_acl_options(app: App) -> None:
-    if app.users or app.groups:
-        raise UsageError("private images (-u/--user, -g/--group) are not supported yet",
-                         hint="pull without -u/-g; the image is then usable by everyone on this system")
+def _requested_acl(app: App) -> ImageAcl | None:
+    """``-u``/``-g`` as a private ACL of numeric ids (unknown names: exit 2); None without them."""
+    return resolve_acl(app.users, app.groups, requester_uid=app.caller.uid)
 
 
 @cli.command()
@@ -140,10 +137,10 @@ def _check_acl_options(app: App) -> None:
 @pass_app
 def pull(app: App, image: str, quiet: bool) -> None:
     """Pull IMAGE (e.g. docker:ubuntu:22.04, or host:5000/team/app@sha256:...) until it is READY."""
-    _check_acl_options(app)
+    acl = _requested_acl(app)
     service = app.service
     with progress_for(sys.stderr, quiet=quiet, tty=False if app.verbose else None) as sink:
-        record = service.pull(image, app.caller, sink)
+        record = service.pull(image, app.caller, sink, acl=acl)
     _status_line(app, "Pulling", image, _status(record))
 
 
@@ -153,16 +150,6 @@ def _status(record: Any) -> str:
 
 
 # --------------------------------------------------------------------------- import
-def _archive_names(target: str, default_type: str) -> list[str]:
-    """Names that may identify the wanted image inside a multi-image archive."""
-    _type, ref = parse_image_arg(target, default_type)
-    if not isinstance(ref, ImageRef):
-        return [target]
-    names = [str(ref), f"{ref.repository}:{ref.tag}", ref.tag or ""]
-    if ref.registry == DOCKER_HUB:
-        names.append(f"{ref.repository.removeprefix('library/')}:{ref.tag}")
-    return [n for n in names if n]
-
 
 @cli.command(name="import")
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -171,17 +158,10 @@ def _archive_names(target: str, default_type: str) -> list[str]:
 @pass_app
 def import_(app: App, archive: Path, image: str, quiet: bool) -> None:
     """Import ARCHIVE (docker save / docker-archive or OCI-layout tarball) as IMAGE, for offline sites."""
-    _check_acl_options(app)
+    acl = _requested_acl(app)
     service = app.service
-    platform = None
-    if app.config.platform:
-        platform = Platform.parse(app.config.platform)
     with progress_for(sys.stderr, quiet=quiet, tty=False if app.verbose else None) as sink:
-        sink.phase("reading", f"verifying {archive} into the blob cache")
-        content = read_archive(archive, service.cache, service.cache.partial_dir,
-                               names=_archive_names(image, app.config.default_image_type),
-                               platform=platform, progress=sink)
-        record = service.import_image(content.to_content(), image, app.caller, sink)
+        record = service.import_archive(archive, image, app.caller, sink, acl=acl)
     _status_line(app, "Importing", image, _status(record))
 
 
@@ -209,11 +189,29 @@ def familiar_name(ref: str) -> str:
     return ref
 
 
+def _tag_column(row: dict[str, Any]) -> str:
+    """The tag; ``<none> (from SOURCE)`` for an untagged image; `` [private]`` after a private one."""
+    if row.get("tag"):
+        text = familiar_name(str(row["tag"]))
+    elif row.get("source"):
+        text = f"<none> (from {familiar_name(str(row['source']))})"
+    else:
+        text = "<none>"
+    acl = row.get("acl")
+    if isinstance(acl, dict) and acl.get("private"):
+        text += " [private]"
+    return text
+
+
 def format_image_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """NERSC's layout: ``%-10s %-10s %-8s %-.10s   %s %s`` (system, type, status, id, pulled, tag)."""
+    """NERSC's layout: ``%-10s %-10s %-8s %-.10s   %s %s`` (system, type, status, id, pulled, tag).
+
+    Untagged images (a moved tag's old image, a failed pull) sort last as ``<none> (from SOURCE)``.
+    """
     lines = []
-    for row in sorted(rows, key=lambda r: (familiar_name(str(r.get("tag") or "~")), str(r.get("id")))):
-        tag = familiar_name(str(row["tag"])) if row.get("tag") else "<none>"
+    for row in sorted(rows, key=lambda r: (not r.get("tag"), familiar_name(str(r.get("tag") or "")),
+                                           str(r.get("id")))):
+        tag = _tag_column(row)
         system, kind, status = (str(row.get(k) or "") for k in ("system", "type", "status"))
         lines.append(f"{system:<10} {kind:<10} {status:<8} {str(row.get('id', ''))[:10]:<10}   "
                      f"{_local_time(row.get('pulled_at'))} {tag}")

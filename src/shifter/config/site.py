@@ -11,23 +11,29 @@ This module is imported on the ``shifter`` launch path: keep it free of heavy im
 from __future__ import annotations
 
 import os
-import re
 import stat
-from dataclasses import dataclass
-from pathlib import Path
 
+from shifter._record import Record
 from shifter.errors import ConfigError
+
+TYPE_CHECKING = False  # (no ``typing``, ``re``, ``pathlib`` or ``dataclasses`` on the launch path)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_CONFIG_PATH = "/etc/shifter/udiRoot.conf"
 
-_MODULE_KEY = re.compile(r"^module_([A-Za-z0-9][A-Za-z0-9_-]*?)_(siteFs|siteEnv|siteEnvAppend|siteEnvPrepend|"
-                         r"siteEnvUnset|conflict|userhook|roothook|copyPath|enabled)$")
+# module_<name>_<attr>: <name> starts with a letter or digit and may hold '_' and '-'; the
+# shortest <name> followed by "_<attr>" wins (as in r"^module_([A-Za-z0-9][A-Za-z0-9_-]*?)_(attr)$").
+_MODULE_ATTRS = frozenset({"siteFs", "siteEnv", "siteEnvAppend", "siteEnvPrepend", "siteEnvUnset", "conflict",
+                           "userhook", "roothook", "copyPath", "enabled"})
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_MODULE_NAME_CHARS = _ALNUM | {"_", "-"}
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-@dataclass(frozen=True)
-class ModuleConfig:
+class ModuleConfig(Record):
     """One site module (``module_<name>_*`` keys)."""
 
     name: str
@@ -43,8 +49,7 @@ class ModuleConfig:
     enabled: bool = True
 
 
-@dataclass(frozen=True)
-class SiteConfig:
+class SiteConfig(Record):
     """The parsed site configuration.  Loaded once per process and passed explicitly."""
 
     source: str = ""
@@ -68,6 +73,10 @@ class SiteConfig:
     default_modules: tuple[str, ...] = ()
     modules: tuple[ModuleConfig, ...] = ()
     auto_pull: bool = True
+    # perNodeCache volumes (privileged mode): node-local directory for the sparse backing
+    # files, and the largest size a user may ask for (0: no limit).
+    per_node_cache_path: str = "/var/tmp"
+    per_node_cache_size_limit: int = 0
     # --- image pipeline / gateway ---
     user_image_path: str = "~/.local/share/shifter/images"
     cache_dir: str = ""  # blob cache; default: <store>/cache
@@ -75,6 +84,7 @@ class SiteConfig:
     database_url: str = ""  # default: sqlite:///<store>/shifter.db
     squashfs_compression: str = "zstd"
     squashfs_compression_level: int = 3
+    squashfs_builder: str = "auto"  # auto | tar2sqfs (streamed, no tree on disk) | mksquashfs
     keep_setuid: bool = False
     download_concurrency: int = 4
     registry_mirrors: tuple[tuple[str, str], ...] = ()  # (registry host, mirror base URL)
@@ -119,11 +129,45 @@ def _int(key: str, value: str) -> int:
 
 
 def _size(key: str, value: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", value)
-    if not match:
+    r"""``N[unit][i][b]`` with unit k/m/g/t (any case), blanks allowed around and before the unit
+    (what r"\s*(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*" accepts, without ``re``)."""
+    text = value.strip()
+    digits = _decimal_prefix(text)
+    rest = text[digits:].lstrip()
+    unit = ""
+    if rest[:1] and rest[0] in "kKmMgGtT":
+        unit, rest = rest[0].lower(), rest[1:]
+    if rest[:1] and rest[0] in "iI":
+        rest = rest[1:]
+    if rest[:1] and rest[0] in "bB":
+        rest = rest[1:]
+    if not digits or rest:
         raise ConfigError(f"{key}={value!r} is not a size", hint="write e.g. 500M or 20G")
-    unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[match.group(2).lower()]
-    return int(match.group(1)) * unit
+    return int(text[:digits]) * _SIZE_UNITS[unit]
+
+
+def _decimal_prefix(text: str) -> int:
+    r"""Length of the leading run of (Unicode) decimal digits, like ``\d+``."""
+    count = 0
+    while count < len(text) and text[count].isdecimal():
+        count += 1
+    return count
+
+
+def _module_key(key: str) -> tuple[str, str] | None:
+    """``module_<name>_<attr>`` -> ``(name, attr)``; ``None`` for any other key."""
+    if not key.startswith("module_"):
+        return None
+    body = key[len("module_"):]
+    if not body or body[0] not in _ALNUM:
+        return None
+    for index in range(1, len(body)):
+        char = body[index]
+        if char == "_" and body[index + 1:] in _MODULE_ATTRS:
+            return body[:index], body[index + 1:]
+        if char not in _MODULE_NAME_CHARS:
+            return None
+    return None
 
 
 def _abs_path(key: str, value: str) -> str:
@@ -153,12 +197,15 @@ _KEYS: dict[str, tuple[str, object]] = {
     "system": ("system", _STR),
     "defaultModules": ("default_modules", lambda _k, v: _split(v, ",")),
     "autoPull": ("auto_pull", _bool),
+    "perNodeCachePath": ("per_node_cache_path", _abs_path),
+    "perNodeCacheSizeLimit": ("per_node_cache_size_limit", _size),
     "userImagePath": ("user_image_path", _STR),
     "cacheDir": ("cache_dir", _abs_path),
     "cacheMaxSize": ("cache_max_size", _size),
     "databaseUrl": ("database_url", _STR),
     "squashfsCompression": ("squashfs_compression", _STR),
     "squashfsCompressionLevel": ("squashfs_compression_level", _int),
+    "squashfsBuilder": ("squashfs_builder", _STR),
     "keepSetuid": ("keep_setuid", _bool),
     "downloadConcurrency": ("download_concurrency", _int),
     "insecureRegistries": ("insecure_registries", lambda _k, v: _split(v, None)),
@@ -222,8 +269,8 @@ def parse_config(text: str, source: str = "<string>") -> SiteConfig:
             host = key[len("registryMirror_"):]
             for url in _split(value, None):
                 mirrors.append((host, url.rstrip("/")))
-        elif match := _MODULE_KEY.match(key):
-            mod, attr = match.group(1), match.group(2)
+        elif module_key := _module_key(key):
+            mod, attr = module_key
             entry = modules.setdefault(mod, {"name": mod})
             if attr == "enabled":
                 entry["enabled"] = _bool(key, value)
@@ -260,11 +307,16 @@ def _validate(config: SiteConfig) -> None:
     if config.squashfs_compression not in {"gzip", "lz4", "lzo", "xz", "zstd", "lzma"}:
         raise ConfigError(f"{config.source}: unsupported squashfsCompression "
                           f"'{config.squashfs_compression}'", hint="use zstd, lz4, gzip, xz or lzo")
+    if config.squashfs_builder not in {"auto", "tar2sqfs", "mksquashfs"}:
+        raise ConfigError(f"{config.source}: unknown squashfsBuilder '{config.squashfs_builder}'",
+                          hint="use auto, tar2sqfs or mksquashfs")
     if config.max_group_count > 65536:
         raise ConfigError(f"{config.source}: maxGroupCount is too large")
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+def _is_env_name(name: str) -> bool:
+    """``[A-Za-z_][A-Za-z0-9_]*``: exactly the ASCII identifiers."""
+    return name.isascii() and name.isidentifier()
 
 
 def _validate_env_rules(config: SiteConfig) -> None:
@@ -276,11 +328,11 @@ def _validate_env_rules(config: SiteConfig) -> None:
                              ("siteEnvPrepend", layer.site_env_prepend)):
             for entry in entries:
                 name, sep, _value = entry.partition("=")
-                if not sep or not _ENV_NAME.match(name):
+                if not sep or not _is_env_name(name):
                     raise ConfigError(f"{config.source}: {prefix}{key} entry {entry!r} is not NAME=value",
                                       hint="NAME is letters, digits and '_'; separate entries with spaces")
         for name in layer.site_env_unset:
-            if not _ENV_NAME.match(name):
+            if not _is_env_name(name):
                 raise ConfigError(f"{config.source}: {prefix}siteEnvUnset entry {name!r} "
                                   "is not a variable name")
 
@@ -337,11 +389,18 @@ def load_config(path: str | None = None, *, privileged: bool = False) -> SiteCon
 
 def expand_user_path(path: str, home: str | None = None) -> Path:
     """Expand ``~`` in a configured per-user path (``home`` overrides the caller's)."""
+    from pathlib import Path  # noqa: PLC0415  (pathlib is not on the launch path)
+
+    return Path(expand_user_dir(path, home))
+
+
+def expand_user_dir(path: str, home: str | None = None) -> str:
+    """:func:`expand_user_path` as a plain string (not normalised)."""
     if path.startswith("~"):
         base = home if home is not None else os.path.expanduser("~")
-        return Path(base + path[1:])
-    return Path(path)
+        return base + path[1:]
+    return path
 
 
 __all__ = ["DEFAULT_CONFIG_PATH", "ModuleConfig", "SiteConfig", "check_file_trust", "config_path",
-           "expand_user_path", "load_config", "parse_config", "parse_lines"]
+           "expand_user_dir", "expand_user_path", "load_config", "parse_config", "parse_lines"]

@@ -10,8 +10,10 @@ Pull pipeline (see ``docs/internals.md``)::
       -> READY in the store?  point the tag, done (no download, no conversion)
       -> take the per-image flock (a concurrent pull of the same image waits here, then
          finds it READY) -> clean stale work of a dead puller -> PULLING: blobs into the
-         cache -> CONVERTING: flatten into .tmp/<id>.tree, mksquashfs into
-         .tmp/<id>.squashfs.partial, delete the tree -> publish squashfs, then json
+         cache -> CONVERTING: the layers streamed as one tar into tar2sqfs, writing
+         .tmp/<id>.squashfs.partial (squashfsBuilder=auto|tar2sqfs; no tree on disk), or
+         flatten into .tmp/<id>.tree, mksquashfs, delete the tree (mksquashfs, or auto
+         without tar2sqfs) -> publish squashfs, then json
          -> tag file -> READY
     any failure: FAILED with the message, work files removed, tags untouched, re-raised.
 """
@@ -37,6 +39,7 @@ from shifter.errors import (
     StoreError,
     UsageError,
 )
+from shifter.gateway.acl import PUBLIC, ImageAcl
 from shifter.gateway.models import ImageRecord, Status
 from shifter.gateway.progress import NullProgress, ProgressSink
 from shifter.gateway.repository import ImageRepository
@@ -61,6 +64,9 @@ class Registry(Protocol):
 Flattener = Callable[[Sequence[Path], Path], object]
 #: ``build(tree, dest_file) -> size``: write the squashfs.
 SquashfsBuilder = Callable[[Path, Path], int]
+#: ``stream(layer_paths, dest_file) -> size``: write the squashfs straight from the layers, no
+#: tree on disk; None when this image must take the tree path (flatten + build) instead.
+StreamBuilder = Callable[[Sequence[Path], Path], "int | None"]
 
 
 class ImageService:
@@ -68,7 +74,8 @@ class ImageService:
 
     def __init__(self, config: SiteConfig, choice: StoreChoice, repository: ImageRepository, *,
                  registry: Registry | Callable[[], Registry] | None = None,
-                 flatten: Flattener | None = None, build: SquashfsBuilder | None = None) -> None:
+                 flatten: Flattener | None = None, build: SquashfsBuilder | None = None,
+                 stream: StreamBuilder | None = None) -> None:
         self.config = config
         self.choice = choice
         self.store: ImageStore = choice.store
@@ -78,6 +85,9 @@ class ImageService:
         self._registry: Registry | None = None
         self._flatten = flatten or self._default_flatten
         self._build = build or self._default_build
+        # Injected tree seams (tests) mean the tree path; else squashfsBuilder decides.
+        self._stream: StreamBuilder | None = stream or (
+            self._default_stream if flatten is None and build is None else None)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
@@ -88,31 +98,37 @@ class ImageService:
         return cls(config, choice, ImageRepository.from_url(choice.database_url), **seams)
 
     # --- pull --------------------------------------------------------------------------
-    def pull(self, ref_text: str, caller: Caller, progress: ProgressSink | None = None) -> ImageRecord:
-        """Pull ``ref_text`` until READY (or raise); returns the image record."""
+    def pull(self, ref_text: str, caller: Caller, progress: ProgressSink | None = None, *,
+             acl: ImageAcl | None = None) -> ImageRecord:
+        """Pull ``ref_text`` until READY (or raise); returns the image record.
+
+        ``acl``: make the image private (``shifterimg pull -u/-g``); None is a public pull.
+        The ACL rules of :mod:`shifter.gateway.acl` decide what an existing image keeps.
+        """
         progress = progress or NullProgress()
         image_type, ref = self._docker_ref(ref_text, "pull")
         self.recover()
         progress.phase("resolve", f"resolving {ref}")
         registry = self.registry()
-        record = self._unchanged(registry, image_type, ref, caller, progress)
+        record = self._unchanged(registry, image_type, ref, caller, progress, acl=acl)
         if record is not None:
             return record
         resolved = registry.resolve(ref, self._platform())
         image_id = _resolved_digest(resolved).split(":", 1)[1]
         top = getattr(resolved, "top_digest", None)
-        record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top)
+        record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top, acl=acl)
         if record is not None:
             return record
         with self._image_lock(image_id, progress):
-            record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top)
+            record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top,
+                                              acl=acl)
             if record is not None:
                 return record
             return self._pull_locked(registry, ref, resolved, image_type=image_type, caller=caller,
-                                     progress=progress)
+                                     progress=progress, acl=acl)
 
     def _pull_locked(self, registry: Registry, ref: ImageRef, resolved: Any, *, image_type: str,
-                     caller: Caller, progress: ProgressSink) -> ImageRecord:
+                     caller: Caller, progress: ProgressSink, acl: ImageAcl | None = None) -> ImageRecord:
         descriptors = list(_resolved_layers(resolved))
         image_id = _resolved_digest(resolved).split(":", 1)[1]
         with self._failure_guard(image_id):
@@ -126,11 +142,11 @@ class ImageService:
             self.cache.touch(paths)
             content = _content_from_resolved(resolved, paths)
             return self._convert_and_publish(content, image_type, str(ref), caller, progress,
-                                             top_digest=getattr(resolved, "top_digest", None))
+                                             top_digest=getattr(resolved, "top_digest", None), acl=acl)
 
     # --- import ------------------------------------------------------------------------
     def import_image(self, content: ImageContent, ref_text: str, caller: Caller,
-                     progress: ProgressSink | None = None) -> ImageRecord:
+                     progress: ProgressSink | None = None, *, acl: ImageAcl | None = None) -> ImageRecord:
         """Convert an image whose layer blobs are already local (``shifterimg import``).
 
         ``content.layers[i].path`` must name each blob (e.g. from ``self.cache.ingest``);
@@ -143,17 +159,35 @@ class ImageService:
         if any(layer.path is None or not Path(layer.path).is_file() for layer in content.layers):
             raise UsageError("import: every layer needs a local blob file",
                              hint="ingest the layers with ImageService.cache.ingest() first")
-        record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress)
+        record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, acl=acl)
         if record is not None:
             return record
         with self._image_lock(image_id, progress):
-            record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress)
+            record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, acl=acl)
             if record is not None:
                 return record
             with self._failure_guard(image_id):
                 self._start(image_id, content.digest, image_type=image_type, source=str(ref), caller=caller,
                             progress=progress)
-                return self._convert_and_publish(content, image_type, str(ref), caller, progress)
+                return self._convert_and_publish(content, image_type, str(ref), caller, progress, acl=acl)
+
+    def import_archive(self, path: str | os.PathLike[str], ref_text: str, caller: Caller,
+                       progress: ProgressSink | None = None, *, acl: ImageAcl | None = None) -> ImageRecord:
+        """Import a docker-archive or OCI-layout tarball as ``ref_text`` (``shifterimg import``).
+
+        The archive's blobs are verified into the blob cache (its temporary files stay under
+        the cache's shared imports lock, so :meth:`recover` only removes those of dead imports),
+        then :meth:`import_image` converts it.
+        """
+        from shifter.convert.archive import read_archive  # noqa: PLC0415  (import only)
+        progress = progress or NullProgress()
+        self._docker_ref(ref_text, "import")
+        self.recover()  # as a pull does: also removes the temp files of imports that were killed
+        progress.phase("reading", f"verifying {path} into the blob cache")
+        with self.cache.importing() as tmp_dir:
+            image = read_archive(path, self.cache, tmp_dir, platform=self._platform(), progress=progress,
+                                 names=archive_names(ref_text, self.config.default_image_type))
+        return self.import_image(image.to_content(), ref_text, caller, progress, acl=acl)
 
     # --- the common back half ----------------------------------------------------------
     def _start(self, image_id: str, digest: str, *, image_type: str, source: str, caller: Caller,
@@ -169,7 +203,7 @@ class ImageService:
                              type=image_type, source=source, owner=owner, worker=self.worker)
 
     def _unchanged(self, registry: Registry, image_type: str, ref: ImageRef, caller: Caller,
-                   progress: ProgressSink) -> ImageRecord | None:
+                   progress: ProgressSink, *, acl: ImageAcl | None = None) -> ImageRecord | None:
         """Re-pull of an unchanged tag: one HEAD request shows the registry still has what we have."""
         head = getattr(registry, "head_digest", None)
         found = self.repo.find_tag(image_type, str(ref))
@@ -180,37 +214,55 @@ class ImageService:
         if not self.store.is_ready(found.image_id) or head(ref) != found.top_digest:
             return None
         return self._point_tag_if_ready(image_type, str(ref), found.image_id, caller, progress,
-                                        top=found.top_digest)
+                                        top=found.top_digest, acl=acl)
 
     def _convert_and_publish(self, content: ImageContent, image_type: str, tag: str, caller: Caller,
-                             progress: ProgressSink, *, top_digest: str | None = None) -> ImageRecord:
+                             progress: ProgressSink, *, top_digest: str | None = None,
+                             acl: ImageAcl | None = None) -> ImageRecord:
         image_id = content.image_id
-        tree = publish.work_path(self.store, image_id, ".tree")
         partial = publish.work_path(self.store, image_id, ".squashfs.partial")
-        message = f"flattening {len(content.layers)} layers"
+        layers = [Path(layer.path) for layer in content.layers if layer.path is not None]
+        size = None
+        if self._stream is not None:
+            message = (f"flattening {len(layers)} layers straight into squashfs "
+                       f"({self.config.squashfs_compression})")
+            self.repo.set_status(image_id, Status.CONVERTING, message)
+            progress.phase("converting", message)
+            size = self._stream(layers, partial)
+        if size is None:
+            size = self._convert_via_tree(image_id, layers, partial, progress)
+        progress.phase("publish", f"publishing image {image_id[:12]}")
+        metadata = build_metadata(content, image_type=image_type, source=tag, squashfs_size=size,
+                                  compression=self.config.squashfs_compression, acl=(acl or PUBLIC).to_json())
+        publish.publish_image(self.store, image_id, partial, metadata)
+        self._tag(image_type, tag, image_id, caller, top_digest)
+        record = self.repo.set_status(image_id, Status.READY, "ready", size=size,
+                                      created=str(metadata["created"]), pulled_at=_utcnow(),
+                                      acl=metadata["acl"])
+        self.cache.prune()
+        progress.phase("done", f"image {image_id[:12]} is READY as {image_type}:{tag}")
+        return record
+
+    def _convert_via_tree(self, image_id: str, layers: Sequence[Path], partial: Path,
+                          progress: ProgressSink) -> int:
+        """The fallback: flatten into .tmp/<id>.tree, mksquashfs it, delete the tree."""
+        tree = publish.work_path(self.store, image_id, ".tree")
+        message = f"flattening {len(layers)} layers"
         self.repo.set_status(image_id, Status.CONVERTING, message)
         progress.phase("converting", message)
         with publish.writing(f"creating {tree}"):
             tree.mkdir(mode=0o700)
-        self._flatten([Path(layer.path) for layer in content.layers if layer.path is not None], tree)
+        self._flatten(layers, tree)
         message = f"building squashfs ({self.config.squashfs_compression})"
         self.repo.set_status(image_id, Status.CONVERTING, message)
         progress.phase("converting", message)
         size = self._build(tree, partial)
         publish.remove_path(tree)
-        progress.phase("publish", f"publishing image {image_id[:12]}")
-        metadata = build_metadata(content, image_type=image_type, source=tag, squashfs_size=size,
-                                  compression=self.config.squashfs_compression)
-        publish.publish_image(self.store, image_id, partial, metadata)
-        self._tag(image_type, tag, image_id, caller, top_digest)
-        record = self.repo.set_status(image_id, Status.READY, "ready", size=size,
-                                      created=str(metadata["created"]), pulled_at=_utcnow())
-        self.cache.prune()
-        progress.phase("done", f"image {image_id[:12]} is READY as {image_type}:{tag}")
-        return record
+        return size
 
     def _point_tag_if_ready(self, image_type: str, tag: str, image_id: str, caller: Caller,
-                            progress: ProgressSink, *, top: str | None = None) -> ImageRecord | None:
+                            progress: ProgressSink, *, top: str | None = None,
+                            acl: ImageAcl | None = None) -> ImageRecord | None:
         """The fast path: the image is already READY; (re)point the tag and return its record."""
         if not self.store.is_ready(image_id):
             return None
@@ -220,12 +272,39 @@ class ImageService:
             record = self.repo.get(image_id)
             if record is None or record.status is not Status.READY:
                 self._adopt(image_id, caller)
+            self._settle_acl(image_id, caller, acl, progress)  # may refuse: then the tag stays as it was
             publish.set_tag(self.store, image_type, tag, image_id)
             self.repo.set_tag(image_type, tag, image_id, caller.username, top)
         record = self.repo.get(image_id)
         assert record is not None
         progress.phase("done", f"image {image_id[:12]} is READY as {image_type}:{tag}")
         return record
+
+    def _settle_acl(self, image_id: str, caller: Caller, requested: ImageAcl | None,
+                    progress: ProgressSink) -> None:
+        """Apply the ACL rules (:mod:`shifter.gateway.acl`) to a READY image; tags lock held.
+
+        The owner or an admin sets the ACL (``requested``, or public when None); anyone else
+        leaves it alone, and is refused when they asked for a different private ACL.
+        """
+        current = ImageAcl.from_json(self.store.read_metadata(image_id).get("acl"))
+        wanted = requested or PUBLIC
+        if wanted.same_as(current):
+            return
+        record = self.repo.get(image_id)
+        owner = record.owner if record is not None and record.owner else "unknown"
+        if caller.is_admin(self.config) or self.choice.kind == "user" or owner == caller.username:
+            publish.update_metadata(self.store, image_id, acl=wanted.to_json())
+            self.repo.set_status(image_id, Status.READY, record.status_message if record else "ready",
+                                 acl=wanted.to_json())
+            progress.phase("acl", f"image {image_id[:12]} is now {wanted.describe()}")
+            return
+        if requested is not None:
+            raise AccessDeniedError(f"{caller.username} may not change who can use image {image_id[:12]} "
+                                    f"(it is {current.describe()}, owner: {owner})",
+                                    hint="only the image's owner or a gateway admin (gatewayAdmins) can")
+        progress.phase("acl", f"image {image_id[:12]} stays {current.describe()}: only its owner "
+                              f"({owner}) or an admin can change that")
 
     def _adopt(self, image_id: str, caller: Caller) -> ImageRecord:
         """Record a READY image the database does not know (e.g. after the DB was lost)."""
@@ -260,6 +339,8 @@ class ImageService:
     def recover(self) -> list[str]:
         """Clean the work files of pulls whose process died; mark them FAILED.  Returns their ids."""
         cleaned = publish.recover_stale_work(self.store)
+        with contextlib.suppress(StoreError, OSError):  # best effort: a read-only cache is not an error
+            self.cache.clean_stale_imports()
         for record in self.repo.list_images():
             if record.status.busy and record.id not in cleaned and self._is_stale(record.id):
                 cleaned.append(record.id)
@@ -327,8 +408,13 @@ class ImageService:
                 found = self.repo.find_tag(image_type, tag)
                 self._check_owner(caller, image_id, tag_owner=found.owner if found else None)
                 tags = [(image_type, tag)]
-            removed = [self._drop_tag(t, r) for t, r in tags]
-            if image_type == "id" or not any(i == image_id for _t, _r, i in self.store.tags()):
+            last = image_type == "id" or not any(i == image_id and (t, r) not in tags
+                                                 for t, r, i in self.store.tags())
+            if not last:
+                return [self._drop_tag(t, r) for t, r in tags]
+            # Check before touching anything: a refused removal must not have dropped the tags.
+            with self._removal_lock(image_id):
+                removed = [self._drop_tag(t, r) for t, r in tags]
                 self._drop_image(image_id)
                 removed.append(f"id:{image_id}")
         return removed
@@ -338,17 +424,20 @@ class ImageService:
         self.repo.remove_tag(image_type, ref)
         return f"{image_type}:{ref}"
 
-    def _drop_image(self, image_id: str) -> None:
+    def _removal_lock(self, image_id: str) -> _Held:
+        """The image lock, taken without waiting: an image being pulled cannot be removed."""
         lock = publish.image_lock(self.store, image_id)
         if not lock.acquire(blocking=False):
             raise ImageNotReadyError(f"image {image_id[:12]} is being pulled right now",
                                      hint="wait for the pull to finish, then remove it")
-        try:
-            publish.remove_image(self.store, image_id)
-            publish.clean_work(self.store, image_id)
-            self.repo.delete_image(image_id)
-        finally:
-            lock.release()
+        return _Held(lock)
+
+    def _drop_image(self, image_id: str) -> None:
+        """Delete an image's files and record (image lock held).  A container that already
+        mounted the squashfs keeps running: its mount holds the unlinked file (docs/internals.md)."""
+        publish.remove_image(self.store, image_id)
+        publish.clean_work(self.store, image_id)
+        self.repo.delete_image(image_id)
 
     def _check_owner(self, caller: Caller, image_id: str, tag_owner: str | None) -> None:
         if caller.is_admin(self.config) or self.choice.kind == "user":
@@ -445,17 +534,18 @@ class ImageService:
     def _primary_rows(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
-        for record in self.repo.list_images():
+        records = self.repo.list_images()
+        for record in records:
             base = _row(record.to_json(), self.choice.kind, self.config.system)
             for tag in record.tags:
                 rows.append({**base, "tag": tag.ref, "type": tag.type})
                 seen.add((tag.type, tag.ref))
             if not record.tags:
                 rows.append(base)
-        for image_type, ref, image_id in self.store.tags():  # tags the DB does not know
-            if (image_type, ref) not in seen:
-                rows += [r for r in _store_rows(self.store, self.choice.kind, self.config.system)
-                         if r["tag"] == ref and r["id"] == image_id]
+        known = {record.id for record in records}
+        for row in _store_rows(self.store, self.choice.kind, self.config.system):  # what the DB does not know
+            if (row["type"], row["tag"]) not in seen and (row["tag"] is not None or row["id"] not in known):
+                rows.append(row)
         return rows
 
     def _default_flatten(self, layers: Sequence[Path], dest: Path) -> object:
@@ -467,6 +557,23 @@ class ImageService:
         options = SquashfsOptions(compression=self.config.squashfs_compression,
                                   level=self.config.squashfs_compression_level)
         return build_squashfs(tree, dest, options)
+
+    def _default_stream(self, layers: Sequence[Path], dest: Path) -> int | None:
+        """tar2sqfs fed straight from the layers (docs/internals.md), as ``squashfsBuilder``
+        says; ``auto``: when tar2sqfs is installed and no directory is too big for it.
+        None: take the tree + mksquashfs path."""
+        from shifter.convert import tar2sqfs  # noqa: PLC0415  (heavy, pull only)
+        from shifter.unpack.policy import FlattenPolicy  # noqa: PLC0415
+        from shifter.unpack.stream import plan_stream, write_tar  # noqa: PLC0415
+        builder = self.config.squashfs_builder
+        if builder == "mksquashfs" or (builder == "auto" and not tar2sqfs.tar2sqfs_available()):
+            return None
+        plan = plan_stream(layers, FlattenPolicy(keep_setuid=self.config.keep_setuid))
+        if builder == "auto" and plan.max_dir_entries > tar2sqfs.MAX_DIR_ENTRIES:
+            return None
+        options = SquashfsOptions(compression=self.config.squashfs_compression,
+                                  level=self.config.squashfs_compression_level)
+        return tar2sqfs.build_from_tar(lambda sink: write_tar(plan, layers, sink), dest, options)
 
 
 class _Held:
@@ -504,6 +611,17 @@ class _FailureGuard:
             message = f"{exc.__class__.__name__}: {exc}"
         with contextlib.suppress(StoreError):  # the original error matters more
             self.service.repo.set_status(self.image_id, Status.FAILED, message)
+
+
+def archive_names(target: str, default_type: str) -> list[str]:
+    """Names that may identify the wanted image inside a multi-image archive."""
+    _type, ref = parse_image_arg(target, default_type)
+    if not isinstance(ref, ImageRef):
+        return [target]
+    names = [str(ref), f"{ref.repository}:{ref.tag}", ref.tag or ""]
+    if ref.registry == "docker.io":
+        names.append(f"{ref.repository.removeprefix('library/')}:{ref.tag}")
+    return [n for n in names if n]
 
 
 def _default_registry(config: SiteConfig) -> Registry:
@@ -559,18 +677,26 @@ def _row(info: dict[str, Any], kind: str, system: str) -> dict[str, Any]:
     return {"system": system, "store": kind, "type": info.get("type", "docker"),
             "status": info.get("status", "READY"), "id": info.get("id", ""),
             "pulled_at": info.get("pulled_at"), "tag": None, "size": info.get("size", 0),
-            "owner": info.get("owner", ""), "status_message": info.get("status_message", "")}
+            "owner": info.get("owner", ""), "status_message": info.get("status_message", ""),
+            "source": info.get("source", ""), "acl": ImageAcl.from_json(info.get("acl")).to_json()}
 
 
-def _store_rows(store: ImageStore, kind: str, system: str) -> list[dict[str, Any]]:
-    """Rows for a store read through its files only (no database access)."""
+def _store_rows(store: ImageStore, kind: str, system: str, skip: set[str] | None = None) -> list[dict[str, Any]]:
+    """Rows for a store read through its files only (no database access): one per tag, and one
+    (``tag`` None) per READY image no tag points at (e.g. the old image of a moved tag).
+    Images in ``skip`` are left out."""
     rows: list[dict[str, Any]] = []
+    tagged: set[str] = set()
     for image_type, ref, image_id in store.tags():
-        if not store.is_ready(image_id):
+        tagged.add(image_id)
+        if image_id in (skip or ()) or not store.is_ready(image_id):
             continue
         meta = store.read_metadata(image_id)
         rows.append({**_row(meta, kind, system), "tag": ref, "type": image_type})
+    for image_id in store.image_ids():
+        if image_id not in tagged and image_id not in (skip or ()) and store.is_ready(image_id):
+            rows.append(_row(store.read_metadata(image_id), kind, system))
     return rows
 
 
-__all__ = ["Flattener", "ImageService", "Registry", "SquashfsBuilder"]
+__all__ = ["Flattener", "ImageService", "Registry", "SquashfsBuilder", "StreamBuilder", "archive_names"]

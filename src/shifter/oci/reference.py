@@ -13,9 +13,7 @@ This module is on the ``shifter`` launch path: stdlib only, no ``httpx``.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
+from shifter._record import Record
 from shifter.errors import ImageReferenceError
 
 DOCKER_HUB = "docker.io"
@@ -25,20 +23,28 @@ DEFAULT_TAG = "latest"
 IMAGE_TYPES = ("docker", "id", "local")
 MAX_NAME_LENGTH = 255
 
-_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+# The grammar, as regular expressions (``re`` costs ~4 ms to import, so the checks below are
+# written out by hand; ``re`` is used only for the rare forms noted there):
+#   path component  [a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*
+#   domain          (?:C(?:\.C)*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?   C: [a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]
+#   tag             [\w][\w.-]{0,127}
+#   digest          sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}
+#   image id        [0-9a-f]{12,64}
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = re.compile(
-    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
-_DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
-_ID = re.compile(r"[0-9a-f]{12,64}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DOMAIN_RE = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+_TAG_RE = r"[\w][\w.-]{0,127}"
+_HEX = frozenset("0123456789abcdef")
+_DIGITS = frozenset("0123456789")
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_ALNUM = _LOWER_ALNUM | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HOST_CHARS = _ALNUM | {"-"}
+_WORD = _ALNUM | {"_"}
+_TAG_CHARS = _WORD | {".", "-"}
 
 _HINT = "write e.g. ubuntu:22.04, docker.io/library/ubuntu:22.04 or host:5000/team/app@sha256:<hex>"
 
 
-@dataclass(frozen=True)
-class ImageRef:
+class ImageRef(Record):
     """A normalised image reference.
 
     ``tag`` is ``None`` only for a digest-only reference; ``digest`` is ``None`` unless the
@@ -83,6 +89,57 @@ class ImageRef:
         return text
 
 
+def _is_hex(text: str, shortest: int, longest: int) -> bool:
+    """``[0-9a-f]{shortest,longest}``."""
+    return shortest <= len(text) <= longest and _HEX.issuperset(text)
+
+
+def _is_digest(text: str) -> bool:
+    """``sha256:`` and 64, or ``sha512:`` and 128 lowercase hex digits."""
+    algorithm, colon, hexpart = text.partition(":")
+    size = {"sha256": 64, "sha512": 128}.get(algorithm) if colon else None
+    return size is not None and _is_hex(hexpart, size, size)
+
+
+def _is_path_component(text: str) -> bool:
+    """Runs of ``[a-z0-9]`` joined by exactly one of ``.``, ``_``, ``__`` or ``-+``."""
+    if not text or text[0] not in _LOWER_ALNUM or text[-1] not in _LOWER_ALNUM:
+        return False
+    separator = ""
+    for char in text:
+        if char in _LOWER_ALNUM:
+            if separator and separator not in (".", "_", "__") and separator.strip("-"):
+                return False
+            separator = ""
+        else:
+            separator += char
+    return True
+
+
+def _is_domain(text: str) -> bool:
+    """A registry host: dot-separated ASCII labels (or a bracketed IPv6 address), optional port."""
+    if text.startswith("["):
+        import re  # noqa: PLC0415  (IPv6 literals are rare)
+
+        return re.fullmatch(_DOMAIN_RE, text) is not None
+    host, colon, port = text.partition(":")
+    if colon and not (port and _DIGITS.issuperset(port)):
+        return False
+    for label in host.split("."):
+        if not label or label[0] not in _ALNUM or label[-1] not in _ALNUM or not _HOST_CHARS.issuperset(label):
+            return False
+    return True
+
+
+def _is_tag(text: str) -> bool:
+    """A word character, then up to 127 word characters, ``.`` or ``-`` (``\\w`` is Unicode-aware)."""
+    if not text.isascii():
+        import re  # noqa: PLC0415  (only for non-ASCII tags, which Docker itself refuses)
+
+        return re.fullmatch(_TAG_RE, text) is not None
+    return 1 <= len(text) <= 128 and text[0] in _WORD and _TAG_CHARS.issuperset(text)
+
+
 def _fail(text: str, why: str, hint: str = _HINT) -> ImageReferenceError:
     return ImageReferenceError(f"invalid image reference {text!r}: {why}", hint=hint)
 
@@ -91,7 +148,7 @@ def _split_domain(text: str, name: str) -> tuple[str, str]:
     """Split ``name`` into (registry, repository) with Docker's rule for the first component."""
     first, sep, rest = name.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
-        if not _DOMAIN.fullmatch(first):
+        if not _is_domain(first):
             raise _fail(text, f"{first!r} is not a valid registry host")
         registry = first.lower()
         repository = rest
@@ -110,7 +167,7 @@ def _check_repository(text: str, repository: str) -> None:
     if repository != repository.lower():
         raise _fail(text, "the repository name must be lowercase", hint=f"write {text.lower()!r}")
     for component in repository.split("/"):
-        if not _PATH_COMPONENT.fullmatch(component):
+        if not _is_path_component(component):
             raise _fail(text, f"{component!r} is not a valid name component",
                         hint="name components use a-z, 0-9 and single '.', '_' or '-' separators")
 
@@ -121,17 +178,17 @@ def parse_reference(text: str) -> ImageRef:
         raise _fail(str(text), "it is empty")
     if text != text.strip():
         raise _fail(text, "it contains surrounding whitespace")
-    if _HEX64.fullmatch(text):
+    if _is_hex(text, 64, 64):
         raise _fail(text, "a 64-character hex string is an image id, not a name", hint=f"write id:{text}")
     rest, at, digest = text.partition("@")
-    if at and not _DIGEST.fullmatch(digest):
+    if at and not _is_digest(digest):
         raise _fail(text, f"{digest!r} is not a valid digest",
                     hint="digests look like sha256:<64 lowercase hex characters>")
     name, tag = rest, None
     colon = rest.rfind(":")
     if colon > rest.rfind("/"):
         name, tag = rest[:colon], rest[colon + 1:]
-        if not _TAG.fullmatch(tag):
+        if not _is_tag(tag):
             raise _fail(text, f"{tag!r} is not a valid tag",
                         hint="tags use letters, digits, '_', '.' and '-' (at most 128, "
                              "not starting with '.' or '-')")
@@ -146,7 +203,7 @@ def parse_reference(text: str) -> ImageRef:
 
 def _parse_id(text: str, value: str) -> str:
     hexid = value.lower().removeprefix("sha256:")
-    if not _ID.fullmatch(hexid):
+    if not _is_hex(hexid, 12, 64):
         raise _fail(text, "an image id is 12 to 64 hex characters",
                     hint="copy the id from 'shifterimg images' or 'shifterimg lookup'")
     return hexid

@@ -216,7 +216,10 @@ class BlobDownloader:
             _discard(partial)
             raise
         except OSError as err:
-            raise _storage_error(partial, err) from None
+            error = _storage_error(partial, err)
+            if isinstance(error, DiskFullError):
+                _discard(partial)  # kept, it would hold the disk full for every other user and pull
+            raise error from None
         if written < size:
             raise _Retry(unavailable(where, f"blob {digest} ended after {written} of {size} bytes"))
         if hasher.hexdigest() != digest.hex:

@@ -43,8 +43,8 @@ from shifter.oci.manifest import (
 from shifter.oci.platform import Platform, host_platform, match_rank
 from shifter.oci.reference import DOCKER_HUB, DOCKER_HUB_API, ImageRef
 from shifter.registry.auth import RegistryAuth
-from shifter.registry.blobs import BlobDownloader
-from shifter.registry.cache import BlobCache
+from shifter.registry.blobs import BlobDownloader, DownloadCancelled
+from shifter.registry.cache import BlobCache, BlobLock
 from shifter.registry.credentials import Credential, CredentialStore
 from shifter.registry.endpoints import Endpoint, endpoints, plain_http_allowed
 from shifter.registry.progress import NullProgress, ProgressSink
@@ -54,6 +54,7 @@ from shifter.registry.session import RetryPolicy, Session
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 MAX_CONFIG_SIZE = 32 * 1024 * 1024
 MAX_INDEX_DEPTH = 2
+LOCK_POLL_S = 0.5  # how often a wait for another process's download checks for cancellation
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _T = TypeVar("_T")
 
@@ -213,7 +214,9 @@ class RegistryClient:
                     progress: ProgressSink | None = None) -> list[Path]:
         """Download the blobs concurrently into ``cache``; the cached paths, in ``descriptors`` order.
 
-        Blobs already in the cache (of the right size) are not downloaded again.  On the first
+        Blobs already in the cache (of the right size) are not downloaded again.  Each download
+        holds the blob's cache lock, so another process pulling an image that shares a layer
+        waits for it (progress phase ``wait``) and then reuses the committed blob.  On the first
         failure the other downloads stop (keeping their partial files) and the error is raised.
         """
         sink = progress or NullProgress()
@@ -236,19 +239,19 @@ class RegistryClient:
 
     def _cached_blob(self, ref: ImageRef, descriptor: Descriptor, cache: BlobCache, sink: ProgressSink,
                      cancel: threading.Event) -> Path:
-        final = cache.blob_path(descriptor.digest)
+        """The blob in the cache: found there, or downloaded under its lock (one writer per blob)."""
+        if _is_cached(cache, descriptor):
+            return _report_cached(cache, descriptor, sink)
+        lock = cache.lock(descriptor.digest)
+        _take_blob_lock(lock, descriptor, sink, cancel)
         try:
-            cached = final.stat().st_size == descriptor.size
-        except FileNotFoundError:
-            cached = False
-        if cached:
-            sink.layer_start(descriptor.digest, descriptor.size)
-            sink.layer_advance(descriptor.digest, descriptor.size)
-            sink.layer_done(descriptor.digest)
-            return final
-        partial = cache.partial_path(descriptor.digest)
-        self._download(ref, descriptor, partial, sink, cancel)
-        cache.commit(descriptor.digest, partial)
+            if _is_cached(cache, descriptor):  # another process committed it while we waited
+                return _report_cached(cache, descriptor, sink)
+            partial = cache.partial_path(descriptor.digest)
+            self._download(ref, descriptor, partial, sink, cancel)
+            cache.commit(descriptor.digest, partial)
+        finally:
+            lock.release()
         return cache.blob_path(descriptor.digest)
 
     def _download(self, ref: ImageRef, descriptor: Descriptor, partial: Path, sink: ProgressSink,
@@ -305,6 +308,31 @@ class RegistryClient:
                     with self._lock:
                         self._dead_mirrors.add(endpoint.base_url)
         raise AssertionError("unreachable: the registry itself is always the last endpoint")
+
+
+def _is_cached(cache: BlobCache, descriptor: Descriptor) -> bool:
+    try:
+        return cache.blob_path(descriptor.digest).stat().st_size == descriptor.size
+    except FileNotFoundError:
+        return False
+
+
+def _report_cached(cache: BlobCache, descriptor: Descriptor, sink: ProgressSink) -> Path:
+    sink.layer_start(descriptor.digest, descriptor.size)
+    sink.layer_advance(descriptor.digest, descriptor.size)
+    sink.layer_done(descriptor.digest)
+    return cache.blob_path(descriptor.digest)
+
+
+def _take_blob_lock(lock: BlobLock, descriptor: Descriptor, sink: ProgressSink, cancel: threading.Event) -> None:
+    """Take the blob's lock; while another process holds it (downloading the same layer for
+    another image), say so and wait, giving up when this batch is cancelled."""
+    if lock.acquire(blocking=False):
+        return
+    sink.phase("wait", f"layer {descriptor.digest[:19]} is being downloaded by another process; waiting")
+    while not lock.acquire(timeout=LOCK_POLL_S):
+        if cancel.is_set():
+            raise DownloadCancelled(descriptor.digest)
 
 
 def _verify_manifest(ref: ImageRef, data: bytes, expected: str | None, header: str, size: int | None) -> str:

@@ -25,16 +25,16 @@ Stdlib only: this module is on the launch path.
 from __future__ import annotations
 
 import os
-import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
+from shifter._record import Record
 from shifter.config.site import ModuleConfig, SiteConfig
 from shifter.errors import ConfigError, UsageError
 from shifter.runtime.spec import Identity
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
 
 # glibc's UNSECURE_ENVVARS (ignored by ld.so for setuid programs), plus GLIBC_TUNABLES and the
 # variables that steer the Python interpreter the launcher itself runs in.
@@ -53,8 +53,7 @@ PRIVILEGED_ENV: tuple[tuple[str, str], ...] = (("PATH", "/usr/sbin:/usr/bin:/sbi
 ENV_FILE_MAX_BYTES = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class EnvRules:
+class EnvRules(Record):
     """One layer of ``siteEnv``-style rules: the site's, or one module's."""
 
     origin: str
@@ -74,8 +73,7 @@ class EnvRules:
                    config.site_env_unset)
 
 
-@dataclass(frozen=True)
-class ComposedEnv:
+class ComposedEnv(Record):
     """The result: the final environment, in order, and what was noticed on the way."""
 
     env: tuple[tuple[str, str], ...]
@@ -85,7 +83,7 @@ class ComposedEnv:
 
 def is_valid_name(name: str) -> bool:
     """True for a portable environment variable name (``[A-Za-z_][A-Za-z0-9_]*``)."""
-    return bool(_NAME.match(name))
+    return name.isascii() and name.isidentifier()  # [A-Za-z_][A-Za-z0-9_]*, without re
 
 
 def is_unsafe_name(name: str) -> bool:

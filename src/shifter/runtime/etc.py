@@ -17,9 +17,12 @@ Stdlib only: this module is on the launch path.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
 
 from shifter.runtime.spec import Identity
+
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
 ETC_FILES = ("passwd", "group", "nsswitch.conf")

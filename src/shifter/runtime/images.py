@@ -1,7 +1,8 @@
 """Find the image to run: ``[type:]tag`` -> :class:`ImageInfo`, from the site and per-user stores.
 
-* ``docker:<ref>`` (or a bare ``<ref>``): the tag file ``tags/docker/<quoted ref>`` in the site
-  store (``imagePath``), then in the caller's per-user store (``userImagePath``).
+* ``docker:<ref>`` (or a bare ``<ref>``): the tag file ``tags/docker/<quoted ref>`` in the caller's
+  per-user store (``userImagePath``), then in the site store (``imagePath``): a user's own pull
+  of a tag wins for that user (``store.layout.search_roots``).
 * ``id:<hex>``: a full 64-digit id, or a unique prefix of at least 12 hex digits.
 * ``local:/path``: a directory used as the root, only where ``allowLocalChroot`` is set.
 
@@ -15,10 +16,8 @@ Stdlib only (plus ``store.layout`` and ``oci.reference``, both light): on the la
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from pathlib import Path
 
-from shifter.config.site import SiteConfig, expand_user_path
+from shifter.config.site import SiteConfig, expand_user_dir
 from shifter.errors import (
     AccessDeniedError,
     ImageNotFoundError,
@@ -28,7 +27,11 @@ from shifter.errors import (
 )
 from shifter.oci.reference import ImageRef, parse_image_arg
 from shifter.runtime.spec import Identity, ImageInfo
-from shifter.store.layout import READY, ImageStore
+from shifter.store.layout import READY, ImageStore, exists, is_file, pure_path, search_dirs
+
+TYPE_CHECKING = False  # no typing/pathlib here: this module is on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class ImageNotInStoreError(ImageNotFoundError):
@@ -46,13 +49,17 @@ class ImageNotInStoreError(ImageNotFoundError):
 
 
 def image_stores(config: SiteConfig, identity: Identity) -> list[tuple[ImageStore, bool]]:
-    """The stores searched, in order, as ``(store, is_user_store)``: site first, then the user's."""
-    stores: list[tuple[ImageStore, bool]] = [(ImageStore(config.image_path), False)]
-    if config.user_image_path:
-        user_root = expand_user_path(config.user_image_path, identity.home)
-        if user_root.is_absolute() and user_root != Path(config.image_path):
-            stores.append((ImageStore(user_root), True))
-    return stores
+    """The existing stores searched, in order, as ``(store, is_user_store)``: the per-user store
+    of ``identity`` first, then the site store (the order of ``store.layout.search_roots``).
+
+    An image from the per-user store is marked: privileged mode serves it with squashfuse as the
+    user, never with the kernel's squashfs driver.
+    """
+    user_path = config.user_image_path
+    if user_path and not expand_user_dir(user_path, identity.home).startswith("/"):
+        user_path = ""  # a relative per-user path would depend on the caller's cwd: ignore it
+    site = pure_path(config.image_path)
+    return [(ImageStore(root), root != site) for root in search_dirs(config.image_path, user_path, identity.home)]
 
 
 def resolve_image(text: str, config: SiteConfig, identity: Identity, *,
@@ -137,7 +144,7 @@ def _list_ids(store: ImageStore) -> list[str]:
 
 def _has_image(store: ImageStore, image_id: str) -> bool:
     try:
-        return store.metadata_path(image_id).exists() or store.squashfs_path(image_id).exists()
+        return exists(store.metadata_file(image_id)) or exists(store.squashfs_file(image_id))
     except (StoreError, OSError):
         return False
 
@@ -145,9 +152,9 @@ def _has_image(store: ImageStore, image_id: str) -> bool:
 def _load(store: ImageStore, is_user: bool, image_id: str, request: str, identity: Identity,
           *, kind: str) -> ImageInfo:
     """Read one image's metadata and check it is READY and allowed for ``identity``."""
-    squashfs = store.squashfs_path(image_id)
-    if not store.metadata_path(image_id).exists():
-        if squashfs.exists():
+    squashfs = store.squashfs_file(image_id)
+    if not exists(store.metadata_file(image_id)):
+        if exists(squashfs):
             raise ImageNotReadyError(f"image {request} is not ready (its metadata is missing)",
                                      hint=f"pull it again with 'shifterimg pull {request}'")
         if kind == "docker":
@@ -159,15 +166,15 @@ def _load(store: ImageStore, is_user: bool, image_id: str, request: str, identit
     if status != READY:
         raise ImageNotReadyError(f"image {request} is not ready (status {status})",
                                  hint=f"wait, or run 'shifterimg lookup {request}'")
-    if not squashfs.is_file():
+    if not is_file(squashfs):
         raise ImageNotReadyError(f"image {request} is not ready (its squashfs file is missing)",
                                  hint=f"pull it again with 'shifterimg pull {request}'")
     if metadata.get("id", image_id) != image_id:
-        raise StoreError(f"metadata of image {image_id[:12]} in {store.root} names another id",
+        raise StoreError(f"metadata of image {image_id[:12]} in {store.root_dir} names another id",
                          hint="the store is damaged; pull the image again")
     check_access(metadata, identity, request)
-    return ImageInfo(kind=kind, ref=request, image_id=image_id, squashfs=str(squashfs), local_root="",
-                     metadata=metadata, store=str(store.root), user_store=is_user)
+    return ImageInfo(kind=kind, ref=request, image_id=image_id, squashfs=squashfs, local_root="",
+                     metadata=metadata, store=store.root_dir, user_store=is_user)
 
 
 def check_access(metadata: dict[str, object], identity: Identity, request: str = "this image") -> None:

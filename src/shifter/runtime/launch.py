@@ -9,16 +9,18 @@ Stdlib only: this module is on the launch path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NoReturn
-
 from shifter.config.site import SiteConfig
 from shifter.errors import ContainerError
 from shifter.runtime import etc, prepared
 from shifter.runtime.plan import Plan, build_plan, container_groups, prepared_entry_plan
 from shifter.runtime.spec import ContainerSpec
 
-Warn = Callable[[str], None]
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
+    Warn = Callable[[str], None]
 
 
 def validate(spec: ContainerSpec, config: SiteConfig) -> None:

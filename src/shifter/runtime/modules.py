@@ -7,13 +7,15 @@ disable a module (``module_<name>_enabled=0``).  Stdlib only: on the launch path
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from shifter.config.site import ModuleConfig, SiteConfig
 from shifter.errors import UsageError
 from shifter.runtime.environment import EnvRules
 from shifter.runtime.spec import VolumeSpec
 from shifter.runtime.volumes import parse_site_volumes
+
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def parse_module_list(text: str) -> tuple[str, ...] | None:

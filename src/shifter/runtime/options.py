@@ -14,10 +14,12 @@ when no ``--module``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
+from shifter._record import Record
 from shifter.errors import UsageError
+
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 USAGE = """\
 Usage: shifter [OPTIONS] [--] [COMMAND [ARG...]]
@@ -67,8 +69,7 @@ _SHORT: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class ShifterOptions:
+class ShifterOptions(Record):
     """Everything the command line (and its environment defaults) asked for, unvalidated."""
 
     image: str | None = None

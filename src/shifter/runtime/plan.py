@@ -14,13 +14,15 @@ always absolute and normalised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import NamedTuple
-
+from shifter._record import Record
 from shifter.config.site import SiteConfig
-from shifter.errors import ContainerError
+from shifter.errors import ContainerError, VolumeError
 from shifter.runtime import etc
-from shifter.runtime.spec import ContainerSpec, Identity
+from shifter.runtime.spec import ContainerSpec, Identity, VolumeSpec
+
+TYPE_CHECKING = False  # typing and collections cost launch time: annotations only
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 PHASES = ("namespace", "image", "root", "system", "site", "user", "remount", "enter", "drop", "chdir", "exec")
 
@@ -33,9 +35,14 @@ SYSTEM_BINDS = (("/proc", "/proc", True, False), ("/sys", "/sys", True, False), 
                 ("/tmp", "/tmp", True, False), ("/var/tmp", "/var/tmp", True, True))
 
 
-class EnterNamespaces(NamedTuple):
-    """``unshare`` a mount namespace (private propagation), and a user namespace that maps the
-    caller's uid and gid to themselves when ``user_ns``."""
+# Operations are frozen records (shifter._record), not typing.NamedTuple: typing and the
+# namedtuple machinery cost milliseconds on every launch.
+class EnterNamespaces(Record):
+    """``unshare`` a mount namespace, and a user namespace that maps the caller's uid and gid to
+    themselves when ``user_ns``.  ``fuse_helper``: fork the squashfuse helper first (it must
+    live outside the container's mount namespace).  ``propagation``: ``private`` (nothing flows
+    in or out), or ``slave`` when a site volume asks for host mount events (every other bind is
+    then made private one by one)."""
 
     @property
     def phase(self) -> str:
@@ -44,9 +51,10 @@ class EnterNamespaces(NamedTuple):
     uid: int
     gid: int
     fuse_helper: bool = False
+    propagation: str = "private"
 
 
-class MountImage(NamedTuple):
+class MountImage(Record):
     """Mount the image at ``mountpoint`` (host path): ``loop`` (kernel squashfs on an autoclear
     loop device), ``squashfuse`` (a FUSE daemon outside the container's mount namespace) or
     ``bind`` (a local chroot directory).  Always read-only, nosuid, nodev."""
@@ -60,7 +68,7 @@ class MountImage(NamedTuple):
     helper: str = "squashfuse"
 
 
-class MountRootTmpfs(NamedTuple):
+class MountRootTmpfs(Record):
     """A fresh tmpfs at ``root`` (host path) that becomes the container's ``/``."""
 
     @property
@@ -70,7 +78,7 @@ class MountRootTmpfs(NamedTuple):
     options: str = "mode=755,size=64m"
 
 
-class PopulateRoot(NamedTuple):
+class PopulateRoot(Record):
     """Bind every top-level entry of ``image`` into ``root`` (symlinks are copied as links),
     except ``skip``."""
 
@@ -82,7 +90,7 @@ class PopulateRoot(NamedTuple):
     skip: tuple[str, ...] = ROOT_OWN_ENTRIES
 
 
-class BuildEtc(NamedTuple):
+class BuildEtc(Record):
     """Copy ``image``'s ``/etc`` into ``root``'s, then write ``files`` (name -> text), copy
     ``host_files`` from the host's ``/etc`` and make ``/etc/mtab`` a link to ``/proc/mounts``."""
 
@@ -95,14 +103,18 @@ class BuildEtc(NamedTuple):
     host_files: tuple[str, ...] = HOST_ETC_FILES
 
 
-class Bind(NamedTuple):
+class Bind(Record):
     """Bind host ``source`` onto container path ``target``.
 
     ``as_user``: open the source with the user's identity (a privileged caller must not lend
     root's access).  ``check_target``: re-apply the user-volume target rules to the path the
     target actually resolves to.  ``create``: make a missing target (a directory or an empty
-    file, like the source) where the parent is writable.  ``optional``: skip quietly when the
-    source or target does not exist.
+    file, like the source): on the root tmpfs directly, elsewhere with the user's rights, and
+    where that is refused (the read-only image) the directory is first "exploded" into a tmpfs
+    holding binds of its entries (see ``linux.targets``).
+    ``optional``: skip quietly when the source or target does not exist.  ``slave``: receive
+    host mount events (site flag); ``private``: make the bind private explicitly (needed when
+    the namespace's root propagation is ``slave``).
     """
 
     phase: str
@@ -115,9 +127,31 @@ class Bind(NamedTuple):
     create: bool = True
     optional: bool = False
     slave: bool = False
+    private: bool = False
 
 
-class Remount(NamedTuple):
+class MountCache(Record):
+    """A fresh per-node cache file system (``perNodeCache``) at container path ``target``,
+    owned by ``uid``/``gid`` and gone with the container.
+
+    ``method``: ``loop`` (privileged: a sparse backing file in host directory ``backing_dir``,
+    unlinked at once, formatted ``fs`` and mounted from an autoclear loop device) or ``tmpfs``
+    (unprivileged: a tmpfs of ``size`` bytes in the user's mount namespace).  ``fs``: ``xfs``,
+    ``ext4`` or ``auto``.  ``check_target`` as for :class:`Bind`.
+    """
+
+    phase: str
+    target: str
+    size: int
+    method: str
+    fs: str = "auto"
+    backing_dir: str = "/var/tmp"
+    uid: int = 0
+    gid: int = 0
+    check_target: bool = True
+
+
+class Remount(Record):
     """Remount the mount at container path ``target`` nosuid (and nodev, read-only as asked),
     keeping the flags the kernel locked on it."""
 
@@ -130,7 +164,7 @@ class Remount(NamedTuple):
     bind: bool = True
 
 
-class EnterRoot(NamedTuple):
+class EnterRoot(Record):
     """Make ``root`` the process's ``/``: ``pivot`` (pivot_root and detach the host tree) or
     ``chroot`` (for an already-built, shared tree)."""
 
@@ -141,7 +175,7 @@ class EnterRoot(NamedTuple):
     method: str = "pivot"
 
 
-class DropPrivileges(NamedTuple):
+class DropPrivileges(Record):
     """Supplementary groups (when ``set_groups``), ``setresgid``, ``setresuid``, then empty the
     bounding, ambient, inheritable, permitted and effective capability sets and set
     ``PR_SET_NO_NEW_PRIVS``."""
@@ -155,7 +189,7 @@ class DropPrivileges(NamedTuple):
     set_groups: bool
 
 
-class Chdir(NamedTuple):
+class Chdir(Record):
     """Change to the first of ``candidates`` that is a directory; warn when falling back to ``/``
     although a preferred one was given."""
 
@@ -165,7 +199,7 @@ class Chdir(NamedTuple):
     candidates: tuple[str, ...]
 
 
-class Exec(NamedTuple):
+class Exec(Record):
     """``execvpe`` the command, PATH looked up inside the container with the container's PATH."""
 
     @property
@@ -175,11 +209,11 @@ class Exec(NamedTuple):
     env: tuple[tuple[str, str], ...]
 
 
-Op = (EnterNamespaces | MountImage | MountRootTmpfs | PopulateRoot | BuildEtc | Bind | Remount | EnterRoot
-      | DropPrivileges | Chdir | Exec)
+Op = (EnterNamespaces | MountImage | MountRootTmpfs | PopulateRoot | BuildEtc | Bind | MountCache | Remount
+      | EnterRoot | DropPrivileges | Chdir | Exec)
 
 
-class Plan(NamedTuple):
+class Plan(Record):
     """An ordered list of operations; ``build`` is the part shared with prepared containers."""
 
     ops: tuple[Op, ...]
@@ -205,14 +239,13 @@ def image_ops(spec: ContainerSpec, config: SiteConfig) -> list[Op]:
             raise ContainerError("local chroots are not allowed on this system",
                                  hint="ask your site to set allowLocalChroot=1, or use a docker image")
         return [MountImage("bind", image.local_root, config.loop_mount)]
-    if spec.privileged and image.user_store:
-        # A squashfs the user wrote must never reach the kernel's squashfs driver as root.
-        raise ContainerError(f"image {image.ref} comes from your personal image store",
-                             hint="run it without privilege, or have it pulled into the site store")
     if not image.squashfs:
         raise ContainerError(f"image {image.ref} has no squashfs file",
                              hint="pull it again with 'shifterimg pull'")
-    return [MountImage("loop" if spec.privileged else "squashfuse", image.squashfs, config.loop_mount)]
+    # A squashfs the user wrote (per-user store) never reaches the kernel's squashfs driver as
+    # root: it is served by squashfuse, which the executor runs with the user's identity.
+    kernel = spec.privileged and not image.user_store
+    return [MountImage("loop" if kernel else "squashfuse", image.squashfs, config.loop_mount)]
 
 
 def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
@@ -228,21 +261,49 @@ def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
     ops: list[Op] = image_ops(spec, config)
     ops += [MountRootTmpfs(root), PopulateRoot(config.loop_mount, root),
             BuildEtc(config.loop_mount, root, tuple(sorted(files.items())))]
+    private = root_propagation(spec) == "slave"
     for source, target, recursive, optional in SYSTEM_BINDS:
-        ops.append(Bind("system", source, target, recursive=recursive, optional=optional))
+        ops.append(Bind("system", source, target, recursive=recursive, optional=optional, private=private))
     remounts: list[Op] = []
     for vol in spec.volumes:
-        if vol.per_node_cache:
-            raise ContainerError(f"volume {vol.target}: perNodeCache is not supported yet",
-                                 hint="drop the perNodeCache flag, or use a shared file system directory")
         user = vol.origin == "user"
-        ops.append(Bind("user" if user else "site", vol.source, vol.target,
-                        recursive=vol.recursive or not user,
-                        read_only=vol.read_only, as_user=user and ident.uid != 0 and spec.privileged,
-                        check_target=user, slave=vol.slave))
+        if vol.per_node_cache:
+            ops.append(cache_op(spec, config, vol))
+        else:
+            ops.append(Bind("user" if user else "site", vol.source, vol.target,
+                            recursive=vol.recursive or not user,
+                            read_only=vol.read_only, as_user=user and ident.uid != 0 and spec.privileged,
+                            check_target=user, slave=vol.slave, private=private and not vol.slave))
         remounts.append(Remount(vol.target, vol.read_only))
     remounts.append(Remount("/", read_only=not config.mount_udi_root_writable, bind=False))
     return ops + remounts
+
+
+def root_propagation(spec: ContainerSpec) -> str:
+    """``slave`` when a volume asks for host mount events, else ``private``.
+
+    A slave bind needs a source that is still a slave of the host's peer group when it is
+    bound; making the whole new namespace private first would cut that link.  So the root
+    becomes a slave (host events flow in, nothing flows out) and every other bind is then
+    made private explicitly.
+    """
+    return "slave" if any(vol.slave for vol in spec.volumes) else "private"
+
+
+def cache_op(spec: ContainerSpec, config: SiteConfig, vol: VolumeSpec) -> MountCache:
+    """The :class:`MountCache` for a ``perNodeCache`` volume (its source is not used)."""
+    from shifter.runtime.volumes import parse_per_node_cache  # noqa: PLC0415
+
+    cache = parse_per_node_cache(vol.per_node_cache)
+    limit = config.per_node_cache_size_limit
+    if limit and cache.size > limit:
+        raise VolumeError(f"volume {vol.target}: perNodeCache size {cache.size} bytes is over the site's "
+                          f"limit of {limit} bytes", hint="ask for a smaller size=")
+    user = vol.origin == "user"
+    return MountCache("user" if user else "site", vol.target, cache.size,
+                      "loop" if spec.privileged else "tmpfs", fs=cache.fs,
+                      backing_dir=config.per_node_cache_path, uid=spec.identity.uid, gid=spec.identity.gid,
+                      check_target=user)
 
 
 def build_plan(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str] | None = None,
@@ -256,7 +317,7 @@ def build_plan(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str]
     tree = tree_ops(spec, config, names or {}, site_etc)
     fuse = any(isinstance(op, MountImage) and op.method == "squashfuse" for op in tree)
     ops: list[Op] = [EnterNamespaces(user_ns=not spec.privileged, uid=ident.uid, gid=ident.gid,
-                                     fuse_helper=fuse)]
+                                     fuse_helper=fuse, propagation=root_propagation(spec))]
     ops += tree + finish_ops(spec, config, EnterRoot(config.udi_mount, "pivot"))
     return Plan(tuple(ops), user_ids(spec, config))
 
@@ -289,6 +350,6 @@ def user_ids(spec: ContainerSpec, config: SiteConfig) -> tuple[int, int, tuple[i
 
 
 __all__ = ["HOST_ETC_FILES", "PHASES", "ROOT_OWN_ENTRIES", "SYSTEM_BINDS", "Bind", "BuildEtc", "Chdir",
-           "DropPrivileges", "EnterNamespaces", "EnterRoot", "Exec", "MountImage", "MountRootTmpfs", "Op",
-           "Plan", "PopulateRoot", "Remount", "build_plan", "container_groups", "finish_ops", "image_ops",
-           "prepared_entry_plan", "tree_ops", "user_ids"]
+           "DropPrivileges", "EnterNamespaces", "EnterRoot", "Exec", "MountCache", "MountImage", "MountRootTmpfs",
+           "Op", "Plan", "PopulateRoot", "Remount", "build_plan", "cache_op", "container_groups", "finish_ops",
+           "image_ops", "prepared_entry_plan", "root_propagation", "tree_ops", "user_ids"]

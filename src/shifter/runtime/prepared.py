@@ -11,14 +11,16 @@ Stdlib only: this module is on the launch path.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import stat
-from typing import Any
 
+from shifter._fastjson import loads as _json_loads
 from shifter.config.site import SiteConfig
 from shifter.runtime.spec import ContainerSpec
+
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from typing import Any
 
 RECORD_VERSION = 1
 
@@ -34,7 +36,8 @@ def describe(spec: ContainerSpec) -> dict[str, Any]:
         "image_id": spec.image.image_id or spec.image.local_root,
         "uid": spec.identity.uid,
         "gid": spec.identity.gid,
-        "volumes": [[v.source, v.target, v.read_only, v.origin, v.recursive] for v in spec.volumes],
+        "volumes": [[v.source, v.target, v.read_only, v.origin, v.recursive, v.per_node_cache, v.slave]
+                    for v in spec.volumes],
         "modules": list(spec.modules),
     }
 
@@ -57,7 +60,7 @@ def read_record(config: SiteConfig) -> dict[str, Any] | None:
         if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return None
         try:
-            data = json.loads(handle.read(1024 * 1024))
+            data = _json_loads(handle.read(1024 * 1024))
         except ValueError:
             return None
     if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
@@ -90,6 +93,8 @@ def write_record(config: SiteConfig, record: dict[str, Any]) -> None:
     """Write the record atomically (temp file + rename), mode 0644."""
     path = record_path(config)
     tmp = f"{path}.tmp.{os.getpid()}"
+    import json  # noqa: PLC0415  (shifter-setup only)
+
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=1)
@@ -100,6 +105,8 @@ def write_record(config: SiteConfig, record: dict[str, Any]) -> None:
 
 def remove_record(config: SiteConfig) -> None:
     """Delete the record (no error if it is gone)."""
+    import contextlib  # noqa: PLC0415  (shifter-teardown only)
+
     with contextlib.suppress(FileNotFoundError):
         os.unlink(record_path(config))
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shlex
-from collections.abc import Callable, Mapping, Sequence
 
 from shifter.config.site import ModuleConfig, SiteConfig
 from shifter.errors import ConfigError, UsageError, VolumeError
@@ -33,11 +31,15 @@ from shifter.runtime.options import ShifterOptions, parse_options
 from shifter.runtime.spec import ContainerSpec, Identity, ImageInfo, VolumeSpec
 from shifter.runtime.volumes import check_duplicate_targets, parse_site_volumes, parse_user_volumes
 
-DEFAULT_COMMAND = ("/bin/sh",)
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
-LookupUser = Callable[[str], Identity]
-ReadFile = Callable[[str, Identity], str]
-ResolveImage = Callable[..., ImageInfo]
+    LookupUser = Callable[[str], Identity]
+    ReadFile = Callable[[str, Identity], str]
+    ResolveImage = Callable[..., ImageInfo]
+
+DEFAULT_COMMAND = ("/bin/sh",)
 
 
 def lookup_identity(name: str) -> Identity:
@@ -162,6 +164,8 @@ def _image_workdir(image: ImageInfo) -> str:
 
 
 def _split_command(text: str) -> tuple[str, ...]:
+    import shlex  # noqa: PLC0415  (only for --entrypoint=CMD; shlex imports re)
+
     try:
         words = tuple(shlex.split(text))
     except ValueError as err:

@@ -8,11 +8,10 @@ on the launch path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from shifter._record import Record, field
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(Record):
     """Who the container runs as."""
 
     uid: int
@@ -22,8 +21,7 @@ class Identity:
     home: str
 
 
-@dataclass(frozen=True)
-class VolumeSpec:
+class VolumeSpec(Record):
     """One bind mount into the container (user ``--volume`` or site ``siteFs``)."""
 
     source: str  # absolute host path (symlinks resolved safely before use)
@@ -35,8 +33,7 @@ class VolumeSpec:
     slave: bool = False  # site "slave" propagation flag
 
 
-@dataclass(frozen=True)
-class ImageInfo:
+class ImageInfo(Record):
     """The image to run, as found in a store."""
 
     kind: str  # "docker", "id" or "local"
@@ -52,8 +49,7 @@ class ImageInfo:
     user_store: bool = False
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
+class ContainerSpec(Record):
     """A complete, validated request to run one command in one container."""
 
     image: ImageInfo

@@ -9,7 +9,7 @@ prefixes (so ``/etcetera`` is allowed, ``/etc/x`` is not):
   or below;
 * a *site* target may not be exactly ``/``, ``/opt``, ``/etc``, ``/var``, ``/etc/passwd``,
   ``/etc/group`` or ``/etc/nsswitch.conf``;
-* user flags: ``ro`` and ``perNodeCache=size=N[,fs=xfs][,bs=N][,method=loop]``; site flags add
+* user flags: ``ro`` and ``perNodeCache=size=N[,fs=xfs|ext4][,bs=N][,method=loop]``; site flags add
   ``rec``, ``slave`` and ``private`` (the default propagation, accepted for compatibility);
 * a flag at most once; no two volumes with the same target.
 
@@ -20,12 +20,13 @@ the target can be created safely in the image, is checked by the Linux edge at m
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-
+from shifter._record import Record
 from shifter.errors import VolumeError
 from shifter.runtime.spec import VolumeSpec
+
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 USER_FLAGS = frozenset({"ro", "perNodeCache"})
 SITE_FLAGS = frozenset({"ro", "perNodeCache", "rec", "slave", "private"})
@@ -37,18 +38,21 @@ _USER_ALLOWED_EXACT = ("/var/tmp",)
 _USER_FORBIDDEN_EXACT = ("/", "/opt")
 _SITE_FORBIDDEN_EXACT = ("/", "/opt", "/etc", "/var", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([bkmgtpe]?)$", re.IGNORECASE)
+_SIZE = r"^(\d+(?:\.\d+)?)([bkmgtpe]?)$"  # re.IGNORECASE; compiled on first use (re is slow to import)
 _SCALE = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5, "e": 1024**6}
 _DEFAULT_CACHE_BLOCK = 1024 * 1024
+CACHE_FILESYSTEMS = ("auto", "xfs", "ext4")
 
 
-@dataclass(frozen=True)
-class PerNodeCache:
-    """A parsed ``perNodeCache=`` flag: a per-node scratch file system backed by a loop file."""
+class PerNodeCache(Record):
+    """A parsed ``perNodeCache=`` flag: a per-node scratch file system backed by a loop file
+    (privileged) or a tmpfs (unprivileged).  ``fs`` is ``xfs``, ``ext4`` or ``auto`` (xfs when
+    ``mkfs.xfs`` is installed and the size allows it, else ext4); ``bs`` and ``method`` are
+    accepted for compatibility with NERSC Shifter."""
 
     size: int
     block_size: int = _DEFAULT_CACHE_BLOCK
-    fs: str = "xfs"
+    fs: str = "auto"
     method: str = "loop"
 
     def render(self) -> str:
@@ -58,7 +62,9 @@ class PerNodeCache:
 
 def parse_size(text: str, what: str = "size") -> int:
     """Parse ``10G``, ``100M``, ``512k``, ``1.5g`` or plain bytes into a positive byte count."""
-    match = _SIZE.match(text.strip())
+    import re  # noqa: PLC0415  (perNodeCache only: keep re off the launch path)
+
+    match = re.match(_SIZE, text.strip(), re.IGNORECASE)
     if not match:
         raise VolumeError(f"invalid {what} {text!r}",
                           hint="write a number with an optional unit, e.g. 10G or 500M")
@@ -83,13 +89,13 @@ def parse_per_node_cache(text: str) -> PerNodeCache:
     unknown = set(values) - {"size", "bs", "fs", "method"}
     if unknown:
         raise VolumeError(f"unknown perNodeCache option(s): {', '.join(sorted(unknown))}",
-                          hint="perNodeCache accepts size=, fs=xfs, bs= and method=loop")
+                          hint="perNodeCache accepts size=, fs=xfs|ext4, bs= and method=loop")
     if "size" not in values:
         raise VolumeError("perNodeCache needs a size", hint="write e.g. perNodeCache=size=10G")
-    fs = values.get("fs", "xfs").lower()
-    if fs != "xfs":
+    fs = values.get("fs", "auto").lower()
+    if fs not in CACHE_FILESYSTEMS:
         raise VolumeError(f"perNodeCache fs={values['fs']!r} is not supported",
-                          hint="only fs=xfs is supported")
+                          hint="use fs=xfs or fs=ext4 (or leave it out)")
     method = values.get("method", "loop").lower()
     if method != "loop":
         raise VolumeError(f"perNodeCache method={values['method']!r} is not supported",
@@ -232,7 +238,7 @@ def _canonical_flag(name: str) -> str:
     return "perNodeCache" if low == "pernodecache" else low
 
 
-__all__ = ["SITE_FLAGS", "USER_FLAGS", "PerNodeCache", "check_duplicate_targets", "check_user_target",
-           "parse_per_node_cache",
+__all__ = ["CACHE_FILESYSTEMS", "SITE_FLAGS", "USER_FLAGS", "PerNodeCache", "check_duplicate_targets",
+           "check_user_target", "parse_per_node_cache",
            "parse_site_volume", "parse_site_volumes", "parse_size", "parse_user_volume", "parse_user_volumes",
            "split_specs"]

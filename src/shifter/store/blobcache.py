@@ -5,6 +5,7 @@ Layout under the cache directory (``cacheDir``, default ``<store>/cache``)::
     blobs/sha256/<hex>        complete, verified blobs (read-only once committed)
     partial/sha256/<hex>      a download in progress (kept across crashes, so it can resume)
     locks/<hex>.lock          held while one process writes that blob's partial file
+    locks/imports.lock        held shared by running archive imports (their partial/sha256/import-*.blob)
 
 Protocol for a downloader (the registry client)::
 
@@ -36,6 +37,7 @@ from shifter.store.publish import fsync_dir, fsync_file, writing
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _CHUNK = 1024 * 1024
+IMPORT_TEMP_GLOB = "import-*.blob"  # what shifter.convert.archive names its temporary blob copies
 
 
 def digest_hex(digest: str) -> str:
@@ -152,6 +154,38 @@ class BlobCache:
                 return actual, existing
             return actual, self.commit(actual, tmp)
 
+    def imports_lock(self, *, shared: bool) -> FileLock:
+        """Held shared by every running archive import, exclusively by :meth:`clean_stale_imports`."""
+        return FileLock(self.root / "locks" / "imports.lock", shared=shared)
+
+    @contextlib.contextmanager
+    def importing(self) -> Iterator[Path]:
+        """Hold the shared imports lock for one archive import; yield the directory for its
+        temporary ``import-*.blob`` files (:attr:`partial_dir`, on the cache's filesystem)."""
+        with writing(f"preparing the blob cache {self.root}"):
+            self.partial_dir.mkdir(parents=True, exist_ok=True)
+        with self.imports_lock(shared=True):
+            yield self.partial_dir
+
+    def clean_stale_imports(self) -> list[Path]:
+        """Delete the ``import-*.blob`` temp files of imports that died (``kill -9``); return them.
+
+        Only when no import is running anywhere (the imports lock can be taken exclusively):
+        live imports hold it shared, and the kernel drops a dead process's lock.
+        """
+        if not self.partial_dir.is_dir() or not any(self.partial_dir.glob(IMPORT_TEMP_GLOB)):
+            return []
+        lock = self.imports_lock(shared=False)
+        if not lock.acquire(blocking=False):
+            return []
+        try:
+            removed = sorted(self.partial_dir.glob(IMPORT_TEMP_GLOB))
+            for path in removed:
+                path.unlink(missing_ok=True)
+        finally:
+            lock.release()
+        return removed
+
     def discard(self, digest: str) -> None:
         """Forget a partial download (e.g. after a digest mismatch)."""
         self.partial_path(digest).unlink(missing_ok=True)
@@ -204,4 +238,4 @@ class BlobCache:
             shutil.rmtree(self.root / sub, ignore_errors=True)
 
 
-__all__ = ["BlobCache", "digest_hex"]
+__all__ = ["IMPORT_TEMP_GLOB", "BlobCache", "digest_hex"]

@@ -1,6 +1,8 @@
 """Read side of the image store: where files live and what counts as READY.
 
-Imported on the ``shifter`` launch path, so it uses the standard library only.  See
+Imported on the ``shifter`` launch path, so it uses the standard library only, and not even
+``json``, ``re``, ``urllib`` or ``pathlib`` at import time (the runtime uses the ``str`` methods:
+``root_dir``, ``squashfs_file``...; the ``Path`` API stays for everyone else).  See
 ``docs/internals.md`` ("The image store") for the layout:
 
     <root>/<id>.squashfs  <root>/<id>.json  <root>/tags/<type>/<quoted ref>
@@ -12,37 +14,74 @@ first, so a hostile id can never escape the store root.
 
 from __future__ import annotations
 
-import json
+import errno
 import os
-import re
-import urllib.parse
-from collections.abc import Iterator
-from pathlib import Path
+import stat
 
+from shifter._fastjson import loads as _json_loads
 from shifter.errors import StoreError
 
-_ID = re.compile(r"^[0-9a-f]{64}$")
-_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
 READY = "READY"
+_HEX = frozenset("0123456789abcdef")
+_TYPE_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz")
+_TYPE_CHARS = _TYPE_FIRST | frozenset("0123456789_-")
+# quote(ref, safe=""): these bytes stay, every other byte of the UTF-8 encoding becomes %XX.
+_QUOTE_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def _is_id(text: str) -> bool:
+    """``re.match(r"^[0-9a-f]{64}$", text)`` (``$`` also matches before a final newline)."""
+    return (len(text) == 64 or (len(text) == 65 and text[64] == "\n")) and _HEX.issuperset(text[:64])
+
+
+def _is_type(text: str) -> bool:
+    """``re.match(r"^[a-z][a-z0-9_-]{0,31}$", text)``."""
+    name = text[:-1] if text.endswith("\n") else text
+    return 1 <= len(name) <= 32 and name[0] in _TYPE_FIRST and _TYPE_CHARS.issuperset(name)
+
+
+def _quote(text: str) -> str:
+    """``urllib.parse.quote(text, safe="")``."""
+    return "".join(chr(byte) if byte in _QUOTE_SAFE else f"%{byte:02X}" for byte in text.encode("utf-8"))
+
+
+def pure_path(path: str) -> str:
+    """``str(pathlib.PurePosixPath(path))``: ``//`` and ``.`` components collapsed, no trailing ``/``."""
+    rest = path.lstrip("/")
+    slashes = len(path) - len(rest)
+    root = "//" if slashes == 2 else "/" if slashes else ""
+    return (root + "/".join(part for part in rest.split("/") if part and part != ".")) or "."
+
+
+def _join(directory: str, name: str) -> str:
+    """``str(Path(directory) / name)`` for a normalised ``directory`` and a plain ``name``."""
+    if directory == ".":
+        return name
+    return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
 
 def check_id(image_id: str) -> str:
     """Return ``image_id`` if it is a 64-hex-digit image id, else raise :class:`StoreError`."""
-    if not _ID.match(image_id):
+    if not _is_id(image_id):
         raise StoreError(f"invalid image id {image_id!r}", hint="an image id is 64 lowercase hex digits")
     return image_id
 
 
 def check_type(image_type: str) -> str:
     """Return ``image_type`` if it is a plausible image type name (``docker``...)."""
-    if not _TYPE.match(image_type):
+    if not _is_type(image_type):
         raise StoreError(f"invalid image type {image_type!r}", hint="use e.g. 'docker'")
     return image_type
 
 
 def quote_ref(ref: str) -> str:
     """The tag file name of a normalised reference (no ``/``, never ``.`` or ``..``)."""
-    name = urllib.parse.quote(ref, safe="")
+    name = _quote(ref)
     if not ref or name.startswith(".") or len(name) > 255:
         raise StoreError(f"cannot store a tag for reference {ref!r}", hint="use a shorter, normal image name")
     return name
@@ -52,11 +91,26 @@ class ImageStore:
     """One image store directory (the site ``imagePath`` or a per-user store)."""
 
     def __init__(self, root: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(root)
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache"
+        #: The store directory as a string (``str(self.root)``).
+        self.root_dir = pure_path(os.fspath(root))
+        self._cache_dir = pure_path(os.fspath(cache_dir)) if cache_dir else _join(self.root_dir, "cache")
 
     def __repr__(self) -> str:
-        return f"ImageStore({str(self.root)!r})"
+        return f"ImageStore({self.root_dir!r})"
+
+    @property
+    def root(self) -> Path:
+        """The store directory."""
+        from pathlib import Path  # noqa: PLC0415  (not on the launch path)
+
+        return Path(self.root_dir)
+
+    @property
+    def cache_dir(self) -> Path:
+        """The blob cache (default ``<root>/cache``)."""
+        from pathlib import Path  # noqa: PLC0415
+
+        return Path(self._cache_dir)
 
     # --- paths -------------------------------------------------------------------------
     @property
@@ -87,13 +141,26 @@ class ImageStore:
         """``<root>/tags/<type>/<quoted ref>``."""
         return self.tags_dir / check_type(image_type) / quote_ref(ref)
 
+    # --- the same paths as strings (the launch path) ---------------------------------------
+    def squashfs_file(self, image_id: str) -> str:
+        """``str(self.squashfs_path(image_id))``."""
+        return _join(self.root_dir, f"{check_id(image_id)}.squashfs")
+
+    def metadata_file(self, image_id: str) -> str:
+        """``str(self.metadata_path(image_id))``."""
+        return _join(self.root_dir, f"{check_id(image_id)}.json")
+
+    def tag_file(self, image_type: str, ref: str) -> str:
+        """``str(self.tag_path(image_type, ref))``."""
+        return _join(self.root_dir, f"tags/{check_type(image_type)}/{quote_ref(ref)}")
+
     # --- reads -------------------------------------------------------------------------
     def read_metadata(self, image_id: str) -> dict[str, object]:
         """The parsed ``<id>.json``; :class:`StoreError` when missing or unreadable."""
-        path = self.metadata_path(image_id)
+        path = self.metadata_file(image_id)
         try:
             with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
+                data = _json_loads(handle.read())
         except FileNotFoundError:
             raise StoreError(f"image {image_id[:12]} has no metadata in {self.root}",
                              hint="pull the image again") from None
@@ -106,7 +173,7 @@ class ImageStore:
     def is_ready(self, image_id: str) -> bool:
         """True iff both files exist and the json says READY (the runtime's only test)."""
         try:
-            if not self.squashfs_path(image_id).is_file():
+            if not is_file(self.squashfs_file(image_id)):
                 return False
             return self.read_metadata(image_id).get("status") == READY
         except StoreError:
@@ -115,19 +182,22 @@ class ImageStore:
     def resolve_tag(self, image_type: str, ref: str) -> str | None:
         """The image id a tag points to, or None when the tag does not exist."""
         try:
-            text = self.tag_path(image_type, ref).read_text(encoding="ascii").strip()
+            with open(self.tag_file(image_type, ref), encoding="ascii") as handle:
+                text = handle.read().strip()
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, UnicodeDecodeError) as err:
             raise StoreError(f"cannot read tag {image_type}:{ref} in {self.root}: {err}") from None
-        return text if _ID.match(text) else None
+        return text if _is_id(text) else None
 
     def tags(self) -> Iterator[tuple[str, str, str]]:
         """Every tag as ``(type, ref, id)``; unreadable or malformed tag files are skipped."""
+        import urllib.parse  # noqa: PLC0415  (not on the launch path)
+
         if not self.tags_dir.is_dir():
             return
         for type_dir in sorted(self.tags_dir.iterdir()):
-            if not (type_dir.is_dir() and _TYPE.match(type_dir.name)):
+            if not (type_dir.is_dir() and _is_type(type_dir.name)):
                 continue
             for entry in sorted(type_dir.iterdir()):
                 if entry.name.startswith("."):
@@ -139,10 +209,10 @@ class ImageStore:
 
     def image_ids(self) -> list[str]:
         """Ids that have a metadata file (READY or not)."""
-        if not self.root.is_dir():
+        if not is_dir(self.root_dir):
             return []
-        ids = (p.name[:-5] for p in self.root.iterdir() if p.name.endswith(".json"))
-        return sorted(i for i in ids if _ID.match(i))
+        ids = (name[:-5] for name in os.listdir(self.root_dir) if name.endswith(".json"))
+        return sorted(i for i in ids if _is_id(i))
 
 
 def search_roots(image_path: str, user_image_path: str, home: str | None = None) -> list[Path]:
@@ -152,16 +222,57 @@ def search_roots(image_path: str, user_image_path: str, home: str | None = None)
     uses what the user just pulled; it only ever holds images the user pulled themselves.
     Stores that do not exist are left out.
     """
-    roots: list[Path] = []
+    from pathlib import Path  # noqa: PLC0415  (the launch path uses search_dirs)
+
+    return [Path(root) for root in search_dirs(image_path, user_image_path, home)]
+
+
+def search_dirs(image_path: str, user_image_path: str, home: str | None = None) -> list[str]:
+    """:func:`search_roots` as normalised strings (``str(path)`` of each)."""
+    roots: list[str] = []
     if user_image_path:
         base = home if home is not None else os.path.expanduser("~")
-        user = Path(base + user_image_path[1:]) if user_image_path.startswith("~") else Path(user_image_path)
-        if user.is_dir():
+        user = pure_path(base + user_image_path[1:] if user_image_path.startswith("~") else user_image_path)
+        if is_dir(user):
             roots.append(user)
-    site = Path(image_path)
-    if site.is_dir() and site not in roots:
+    site = pure_path(image_path)
+    if is_dir(site) and site not in roots:
         roots.append(site)
     return roots
 
 
-__all__ = ["READY", "ImageStore", "check_id", "check_type", "quote_ref", "search_roots"]
+# ``Path.exists()`` / ``is_file()`` / ``is_dir()`` for strings: missing paths (and the errnos
+# pathlib ignores) are False, any other error (EACCES...) is raised, as pathlib does.
+_IGNORED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def _mode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode
+    except OSError as err:
+        if err.errno not in _IGNORED_ERRNOS:
+            raise
+        return None
+    except ValueError:  # a NUL byte in the path
+        return None
+
+
+def exists(path: str) -> bool:
+    """``Path(path).exists()``."""
+    return _mode(path) is not None
+
+
+def is_file(path: str) -> bool:
+    """``Path(path).is_file()``."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+def is_dir(path: str) -> bool:
+    """``Path(path).is_dir()``."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISDIR(mode)
+
+
+__all__ = ["READY", "ImageStore", "check_id", "check_type", "exists", "is_dir", "is_file", "pure_path",
+           "quote_ref", "search_dirs", "search_roots"]

@@ -20,10 +20,14 @@ from shifter.errors import StoreError
 
 
 class FileLock:
-    """An exclusive ``flock`` on one file; a context manager.  Not reentrant."""
+    """An exclusive (or, with ``shared=True``, a shared) ``flock`` on one file; a context manager.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    Not reentrant.  Shared holders exclude exclusive ones and vice versa (readers/writer).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, shared: bool = False) -> None:
         self.path = Path(path)
+        self.shared = shared
         self._fd: int | None = None
 
     @property
@@ -38,7 +42,7 @@ class FileLock:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
-                flags = fcntl.LOCK_EX
+                flags = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
                 if not blocking or deadline is not None:
                     flags |= fcntl.LOCK_NB
                 try:
@@ -53,7 +57,8 @@ class FileLock:
             os.close(fd)
             raise
         self._fd = fd
-        self._note_holder(fd)
+        if not self.shared:  # shared holders would overwrite each other's note
+            self._note_holder(fd)
         return True
 
     def release(self) -> None:

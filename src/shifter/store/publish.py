@@ -155,6 +155,18 @@ def publish_image(store: ImageStore, image_id: str, squashfs_tmp: Path, metadata
     atomic_write_json(store.metadata_path(image_id), metadata)
 
 
+def update_metadata(store: ImageStore, image_id: str, **fields: object) -> dict[str, object]:
+    """Change fields of a READY image's ``<id>.json`` (e.g. its ``acl``); returns the new metadata.
+
+    Temp + fsync + rename: a reader (the runtime) sees the old file or the new one, never a
+    half-written one.  Call with :func:`tags_lock` held so two rewrites cannot interleave.
+    """
+    metadata = store.read_metadata(image_id)
+    metadata.update(fields)
+    atomic_write_json(store.metadata_path(image_id), metadata)
+    return metadata
+
+
 def set_tag(store: ImageStore, image_type: str, ref: str, image_id: str) -> None:
     """Point ``<type>:<ref>`` at ``image_id`` (atomically replaces an older tag file)."""
     atomic_write_bytes(store.tag_path(image_type, ref), f"{check_id(image_id)}\n".encode("ascii"))
@@ -207,4 +219,4 @@ def recover_stale_work(store: ImageStore) -> list[str]:
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "clean_work", "ensure_layout", "fsync_dir",
            "fsync_file", "image_lock", "publish_image", "recover_stale_work", "remove_image", "remove_path",
-           "remove_tag", "set_tag", "storage_error", "tags_lock", "work_path", "writing"]
+           "remove_tag", "set_tag", "storage_error", "tags_lock", "update_metadata", "work_path", "writing"]

@@ -11,7 +11,6 @@ layer from a failure to *write* the tree.
 
 from __future__ import annotations
 
-import gzip
 import io
 import zlib
 from collections.abc import Iterator
@@ -21,7 +20,14 @@ from typing import BinaryIO, Protocol
 
 import zstandard
 
+# ISA-L's gzip inflater is ~2x faster than zlib's, and a streamed conversion reads each layer twice.
+from isal import igzip as _fast_gzip
+from isal import isal_zlib
+
 from shifter.errors import LayerError
+
+_ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # its stubs call it an instance
+_READ_ERRORS = (EOFError, OSError, zlib.error, _ISAL_ERROR, zstandard.ZstdError)
 
 CHUNK = 1 << 20
 
@@ -116,7 +122,7 @@ class ForwardReader(io.RawIOBase):
     def _inner_read(self, size: int) -> bytes:
         try:
             return self._inner.read(size)
-        except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
+        except _READ_ERRORS as exc:
             raise LayerError(f"{self._what}: cannot decompress layer: {exc}",
                              hint="the blob is truncated or corrupt; delete it from the blob cache "
                                   "and pull again") from exc
@@ -138,7 +144,7 @@ def open_layer(path: Path) -> Iterator[tuple[ForwardReader, str]]:
         kind = detect_compression(head)
         inner: _Readable
         if kind == "gzip":
-            inner = gzip.GzipFile(fileobj=raw, mode="rb")
+            inner = _fast_gzip.GzipFile(fileobj=raw, mode="rb")
         elif kind == "zstd":
             # read_across_frames: zstd layers are often written as many frames (chunked).
             inner = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, read_across_frames=True)

@@ -21,11 +21,19 @@ Semantics follow ``umoci unpack`` (OCI image-spec "applying changesets"):
   *lower* layers put there: anything this layer already wrote (or created as a parent)
   survives, as the spec requires;
 * device nodes and FIFOs clobber what was there and then are dropped (policy).
+
+Besides operations, the model can describe the *final* tree (:meth:`Planner.final_entries`):
+every path with its type, final mode and mtime, and for files and symlinks the
+:class:`Inode` it names, which records the member (layer, ordinal) that supplies the
+content.  Hard links share one Inode, exactly as they share one inode on disk.  The
+streaming converter (``shifter.convert.stream``) builds a squashfs from that without ever
+writing the tree to disk.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from shifter.unpack.policy import FlattenPolicy
@@ -107,20 +115,56 @@ class SetDirMeta:
 Op = MakeDir | Remove | WriteFile | MakeSymlink | MakeLink | SetDirMeta
 
 
+# --------------------------------------------------------------------------- final tree
+@dataclass(slots=True, eq=False)
+class Inode:
+    """The inode a file or symlink path names: every hard link to it shares this object.
+
+    ``layer``/``member``: the member (0-based ordinal within its layer's tar stream, as
+    counted by :meth:`Planner.plan` calls) that created it and, for a file, supplies its
+    content.  ``mode`` is final (policy applied); a write never reuses an inode, so none
+    of this changes after creation.
+    """
+
+    layer: int
+    member: int
+    mode: int
+    mtime_ns: int | None
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FinalEntry:
+    """One path of the final tree (see :meth:`Planner.final_entries`).
+
+    ``kind`` is DIR, FILE or SYMLINK; ``mode`` is final for directories and files
+    (``0o777`` for symlinks); ``inode`` is None for directories; ``target`` is the symlink
+    target.
+    """
+
+    path: RelPath
+    kind: MemberKind
+    mode: int
+    mtime_ns: int | None
+    target: bytes = b""
+    inode: Inode | None = None
+
+
 # --------------------------------------------------------------------------- model
 class _Node:
     """One entry of the model.  ``layer``: last layer that wrote it or created a child
     below it (umoci's "upper paths"), which is what whiteouts must spare."""
 
-    __slots__ = ("children", "kind", "layer", "mode", "mtime_ns", "target")
+    __slots__ = ("children", "inode", "kind", "layer", "mode", "mtime_ns", "target")
 
     def __init__(self, kind: MemberKind, layer: int, mode: int = 0o755,
-                 mtime_ns: int | None = None, target: bytes = b"") -> None:
+                 mtime_ns: int | None = None, target: bytes = b"", *, inode: Inode | None = None) -> None:
         self.kind = kind
         self.layer = layer
         self.mode = mode
         self.mtime_ns = mtime_ns
         self.target = target
+        self.inode = inode  # files and symlinks: shared by hard links
         self.children: dict[bytes, _Node] | None = {} if kind is MemberKind.DIR else None
 
 
@@ -154,17 +198,23 @@ class Planner:
         self.report = report if report is not None else FlattenReport()
         self._root = _Node(MemberKind.DIR, -1)
         self._layer = -1
+        self._member = -1
         self._label = ""
 
     def begin_layer(self, index: int, label: str = "") -> None:
         """Start applying layer ``index`` (strictly increasing)."""
         self._layer = index
+        self._member = -1
         self._label = label or f"layer {index + 1}"
         self.report.layers += 1
 
     # ----------------------------------------------------------------- members
     def plan(self, header: Header) -> list[Op]:
-        """Operations that apply one member of the current layer."""
+        """Operations that apply one member of the current layer.
+
+        Call it exactly once per tar member, in stream order: the calls number the
+        members (see :class:`Inode`)."""
+        self._member += 1
         parts, neutralised = clean_name(header.name)
         if neutralised:
             self.report.neutralised_names += 1
@@ -204,13 +254,15 @@ class Planner:
             mode, stripped = self.policy.file_mode(header.mode)
             self.report.stripped_setuid += stripped
             self.report.bytes_written += header.size
-            parent.children[name] = _Node(kind, layer)
+            inode = Inode(layer, self._member, mode, header.mtime_ns, header.size)
+            parent.children[name] = _Node(kind, layer, inode=inode)
             ops.append(WriteFile(path, mode, header.mtime_ns, header.size))
         elif kind is MemberKind.SYMLINK:
             if not header.linkname:
                 self._drop(header.name, "symlink with an empty target")
                 return
-            parent.children[name] = _Node(kind, layer, target=header.linkname)
+            inode = Inode(layer, self._member, 0o777, header.mtime_ns)
+            parent.children[name] = _Node(kind, layer, target=header.linkname, inode=inode)
             ops.append(MakeSymlink(path, header.linkname, header.mtime_ns))
         elif kind is MemberKind.HARDLINK:
             self._link(header, parent, path, ops)
@@ -236,7 +288,7 @@ class Planner:
         if tnode.kind not in (MemberKind.FILE, MemberKind.SYMLINK):
             self._drop(header.name, f"hard link to '/{show(tparts)}', which is not a file")
             return
-        parent.children[path[-1]] = _Node(tnode.kind, self._layer, target=tnode.target)
+        parent.children[path[-1]] = _Node(tnode.kind, self._layer, target=tnode.target, inode=tnode.inode)
         self.report.hardlinks += 1
         ops.append(MakeLink(path, tpath))
 
@@ -404,6 +456,29 @@ class Planner:
             report.stripped_setuid += stripped
             ops.append(SetDirMeta(path, mode, node.mtime_ns))
         return ops
+
+    def final_entries(self) -> Iterator[FinalEntry]:
+        """The final tree, root first, every directory before its children.
+
+        Pure and repeatable (it does not touch the report; :meth:`finish` does).  Memory:
+        one stack of pending directories, never a copy of the tree.
+        """
+        root = self._root
+        yield FinalEntry((), MemberKind.DIR, self.policy.dir_mode(root.mode)[0], root.mtime_ns)
+        stack: list[tuple[RelPath, _Node]] = [((), root)]
+        while stack:
+            path, node = stack.pop()
+            assert node.children is not None
+            for name, child in node.children.items():
+                where = (*path, name)
+                if child.children is not None:
+                    yield FinalEntry(where, MemberKind.DIR, self.policy.dir_mode(child.mode)[0],
+                                     child.mtime_ns)
+                    stack.append((where, child))
+                else:
+                    assert child.inode is not None
+                    yield FinalEntry(where, child.kind, child.inode.mode, child.inode.mtime_ns,
+                                     child.target, child.inode)
 
     def _drop(self, raw: bytes, why: str) -> None:
         self.report.dropped_other += 1

@@ -18,21 +18,25 @@ One small function per operation kind.  Security notes that hold throughout:
 
 from __future__ import annotations
 
+import _signal  # the C half of ``signal``: the Python half builds enums (~3 ms per launch)
 import errno
 import os
-import signal
 import stat
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import NoReturn
+import warnings  # noqa: F401  (os.execvpe imports it, after chroot, where the host's stdlib is gone)
 
 from shifter.errors import ContainerError, VolumeError
 from shifter.runtime import plan as p
-from shifter.runtime.linux import fsutil
+from shifter.runtime.linux import fsutil, targets
 from shifter.runtime.linux import syscalls as sc
 
-Warn = Callable[[str], None]
+TYPE_CHECKING = False  # typing, collections and dataclasses cost launch time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
+    Warn = Callable[[str], None]
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 _NEW_FILE = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _IMAGE_FLAGS = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
@@ -51,17 +55,17 @@ class ExecError(ContainerError):
         self.exit_code = code
 
 
-@dataclass
 class Context:
     """State carried between operations (open fds, the FUSE helper)."""
 
-    warn: Warn
-    user: tuple[int, int, tuple[int, ...]] = (0, 0, ())
-    root_fd: int = -1
-    fuse_fd: int = -1
-    helper_pid: int = 0
-    helper_go: int = -1
-    mounted: list[str] = field(default_factory=list)
+    def __init__(self, warn: Warn, user: tuple[int, int, tuple[int, ...]] = (0, 0, ())) -> None:
+        self.warn = warn
+        self.user = user
+        self.root_fd = -1
+        self.fuse_fd = -1
+        self.helper_pid = 0
+        self.helper_go = -1
+        self.mounted: list[str] = []
 
 
 def run(plan: p.Plan, warn: Warn, stop_before: str = "") -> Context:
@@ -110,11 +114,13 @@ def enter_namespaces(op: p.EnterNamespaces, ctx: Context) -> None:
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"{op.uid} {op.uid} 1\n")
         _write("/proc/self/gid_map", f"{op.gid} {op.gid} 1\n")
-        if op.fuse_helper:
-            _start_fuse_helper(ctx)
+    if op.fuse_helper:
+        _start_fuse_helper(ctx)
     sc.unshare(sc.CLONE_NEWNS)
-    # Nothing we mount may propagate back to the host (or into prepared containers).
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    # Nothing we mount may propagate back to the host (or into prepared containers).  With a
+    # "slave" site volume the root becomes a slave instead (host events flow in, nothing flows
+    # out) and every other bind is made private explicitly (Bind.private).
+    sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if op.propagation == "slave" else sc.MS_PRIVATE))
 
 
 def _write(path: str, text: str) -> None:
@@ -142,6 +148,7 @@ def _start_fuse_helper(ctx: Context) -> None:
             os.close(ctx.helper_go)
             args = os.read(read_end, 65536).decode().split("\0")
             if len(args) >= 2:
+                _helper_identity(ctx.user)
                 os.set_inheritable(ctx.fuse_fd, True)
                 env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
                 os.execvpe(args[0], [args[0], args[1], f"/dev/fd/{ctx.fuse_fd}"], env)  # noqa: S606
@@ -149,6 +156,19 @@ def _start_fuse_helper(ctx: Context) -> None:
             os._exit(127)
     os.close(read_end)
     ctx.helper_pid = pid
+
+
+def _helper_identity(user: tuple[int, int, tuple[int, ...]]) -> None:
+    """As root, serve the image as the container's user: squashfuse then parses a squashfs the
+    user may have crafted (per-user store) with the user's rights only, and opens the file with
+    them.  The FUSE fd was opened by root already; serving it needs no privilege."""
+    uid, gid, groups = user
+    if os.geteuid() != 0 or uid == 0:
+        return  # in a user namespace we are the user already; a root container stays root
+    sc.setgroups(list(groups))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
 
 
 # --- image ---------------------------------------------------------------------------------------
@@ -194,8 +214,14 @@ def _mount_loop(squashfs: str, target: int) -> None:
 
 def _mount_squashfuse(op: p.MountImage, target: int, ctx: Context) -> None:
     if ctx.fuse_fd < 0:
-        raise ContainerError("internal error: the FUSE helper was not started")
+        # shifter-setup builds in the host mount namespace: the daemon may be forked now (it
+        # lives until shifter-teardown unmounts the image).
+        _start_fuse_helper(ctx)
     data = f"fd={ctx.fuse_fd},rootmode=40000,user_id={os.geteuid()},group_id={os.getegid()}"
+    if os.geteuid() == 0:
+        # Privileged: root mounts, the (unprivileged) container user reads; the kernel checks
+        # the image's file modes as it would on a loop mount.
+        data += ",allow_other,default_permissions"
     sc.mount("squashfuse", fsutil.fd_path(target), "fuse.squashfuse", _IMAGE_FLAGS, data)
     os.write(ctx.helper_go, f"{op.helper}\0{op.source}".encode())
     os.close(ctx.helper_go)
@@ -358,7 +384,8 @@ def bind(op: p.Bind, ctx: Context) -> None:
         if op.check_target:
             _check_target_path(ctx, op.target)
         try:
-            target = fsutil.ensure_in_root(ctx.root_fd, op.target, is_dir) if op.create \
+            target = targets.ensure_target(ctx.root_fd, op.target, is_dir, ctx.user,
+                                           explode_ok=not op.optional) if op.create \
                 else fsutil.open_in_root(ctx.root_fd, op.target)
         except FileNotFoundError:
             if op.optional:
@@ -376,14 +403,48 @@ def bind(op: p.Bind, ctx: Context) -> None:
             _bind_fds(source, target, op.recursive)
         finally:
             os.close(target)
-        if op.slave:
-            slave = fsutil.open_in_root(ctx.root_fd, op.target)
-            try:
-                sc.mount(None, fsutil.fd_path(slave), None, sc.MS_SLAVE | sc.MS_REC)
-            finally:
-                os.close(slave)
+        if op.slave or op.private:
+            _set_propagation(ctx, op.target, sc.MS_SLAVE if op.slave else sc.MS_PRIVATE)
     finally:
         os.close(source)
+
+
+def _set_propagation(ctx: Context, target: str, kind: int) -> None:
+    fd = fsutil.open_in_root(ctx.root_fd, target)
+    try:
+        sc.mount(None, fsutil.fd_path(fd), None, kind | sc.MS_REC)
+    finally:
+        os.close(fd)
+
+
+def mount_cache(op: p.MountCache, ctx: Context) -> None:
+    """A fresh perNodeCache file system at the target: loop device on an anonymous sparse file
+    (privileged, see :mod:`.cache`) or a size-limited tmpfs (in the user's namespace)."""
+    if op.check_target:
+        _check_target_path(ctx, op.target)
+    target = targets.ensure_target(ctx.root_fd, op.target, True, ctx.user)
+    try:
+        if op.check_target:
+            _recheck_resolved(ctx, target, op.target)
+        if op.method == "tmpfs":
+            sc.mount("tmpfs", fsutil.fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+                     f"size={op.size},mode=755")
+            return
+        from shifter.runtime.linux import cache  # noqa: PLC0415  (only when a cache is asked for)
+
+        loop_fd, device, fstype = cache.make_device(op.backing_dir, op.size, op.fs)
+        try:
+            sc.mount(device, fsutil.fd_path(target), fstype, sc.MS_NOSUID | sc.MS_NODEV)
+        finally:
+            os.close(loop_fd)  # autoclear: the mount is now the device's only user
+    finally:
+        os.close(target)
+    top = fsutil.open_in_root(ctx.root_fd, op.target, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fchown(top, op.uid, op.gid)
+        os.fchmod(top, 0o755)
+    finally:
+        os.close(top)
 
 
 def _bind_fds(source: int, target: int, recursive: bool) -> None:
@@ -543,8 +604,8 @@ def execute(op: p.Exec, ctx: Context) -> NoReturn:
     """Replace this process with the command (PATH looked up with the container's PATH)."""
     env = dict(op.env)
     # Python ignores SIGPIPE and SIGXFSZ; an ignored disposition survives exec.
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -558,6 +619,7 @@ def execute(op: p.Exec, ctx: Context) -> NoReturn:
 
 _HANDLERS: dict[type, Callable[..., object]] = {
     p.EnterNamespaces: enter_namespaces, p.MountImage: mount_image, p.MountRootTmpfs: mount_root_tmpfs,
-    p.PopulateRoot: populate_root, p.BuildEtc: build_etc, p.Bind: bind, p.Remount: remount,
+    p.PopulateRoot: populate_root, p.BuildEtc: build_etc, p.Bind: bind, p.MountCache: mount_cache,
+    p.Remount: remount,
     p.EnterRoot: enter_root, p.DropPrivileges: drop_privileges, p.Chdir: change_dir, p.Exec: execute,
 }

@@ -72,38 +72,6 @@ def _walk_in_root(root_fd: int, parts: list[str], flags: int) -> int:
             os.close(fd)
 
 
-def ensure_in_root(root_fd: int, path: str, directory: bool) -> int:
-    """Open container ``path``, creating it (and missing parents) when absent.
-
-    Missing components are created one at a time with ``mkdirat``/``O_CREAT|O_EXCL|O_NOFOLLOW``
-    relative to the already-opened parent, so a concurrent symlink cannot redirect creation.
-    Raises ``OSError`` (``EROFS`` when the parent lies on the read-only image).
-    """
-    try:
-        return open_in_root(root_fd, path)
-    except FileNotFoundError:
-        pass
-    parts = container_path_parts(path)
-    for index, part in enumerate(parts):
-        prefix = "/".join(parts[: index + 1])
-        try:
-            os.close(open_in_root(root_fd, prefix))
-            continue
-        except FileNotFoundError:
-            pass
-        # Resolve the parent again (inside the root), then create the child relative to it.
-        parent = open_in_root(root_fd, "/".join(parts[:index]), os.O_DIRECTORY | os.O_RDONLY)
-        try:
-            if index == len(parts) - 1 and not directory:
-                os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 0o644, dir_fd=parent))
-            else:
-                os.mkdir(part, 0o755, dir_fd=parent)
-        finally:
-            os.close(parent)
-    return open_in_root(root_fd, path)
-
-
 def real_path(fd: int) -> str:
     """Where ``fd`` really is (the kernel's view, for checks and messages)."""
     return os.readlink(fd_path(fd))

@@ -184,7 +184,13 @@ _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 
 
 def loop_attach_readonly(backing_fd: int, name: str = "", attempts: int = 16) -> tuple[int, str]:
-    """Attach ``backing_fd`` to a free loop device, read-only and autoclear.
+    """Attach ``backing_fd`` to a free loop device, read-only and autoclear (see :func:`loop_attach`)."""
+    return loop_attach(backing_fd, name, read_only=True, attempts=attempts)
+
+
+def loop_attach(backing_fd: int, name: str = "", *, read_only: bool = True,
+                attempts: int = 16) -> tuple[int, str]:
+    """Attach ``backing_fd`` to a free loop device, autoclear (and read-only when asked).
 
     Returns ``(loop_fd, device_path)``.  The caller mounts the device and then closes
     ``loop_fd``: with ``LO_FLAGS_AUTOCLEAR`` the kernel detaches the device as soon as the
@@ -198,10 +204,11 @@ def loop_attach_readonly(backing_fd: int, name: str = "", attempts: int = 16) ->
         for _ in range(attempts):
             number = _check(_libc.ioctl(control, LOOP_CTL_GET_FREE, None), "LOOP_CTL_GET_FREE")
             device = f"/dev/loop{number}"
-            loop_fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+            # The kernel makes the device read-only when this fd cannot write.
+            loop_fd = os.open(device, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
             config = _LoopConfig()
             config.fd = backing_fd
-            config.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
+            config.info.lo_flags = (LO_FLAGS_READ_ONLY if read_only else 0) | LO_FLAGS_AUTOCLEAR
             encoded = os.fsencode(name)[:63]
             ctypes.memmove(config.info.lo_file_name, encoded, len(encoded))
             if _libc.ioctl(loop_fd, LOOP_CONFIGURE, ctypes.byref(config)) == 0:
