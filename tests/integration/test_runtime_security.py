@@ -14,6 +14,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -25,7 +26,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-VENV_BIN = Path("/opt/shifter/venv/bin")
+VENV_BIN = Path(sys.executable).parent  # the venv running pytest (scripts/install.sh made it)
 SHIFTER = str(VENV_BIN / "shifter")
 TEST_USER, TEST_UID = "shiftertest", 2001
 APPLETS = ("sh", "true", "id", "cat", "ls", "touch", "sleep", "grep", "echo", "stat", "env")
