@@ -1,0 +1,97 @@
+"""``shifter-gateway``: the image gateway's administration command.
+
+The gateway's service logic (``shifter.gateway.service.ImageService``) runs embedded in
+``shifterimg``; this command gives a site admin (or a user, on a per-user store) the
+maintenance side of the same store:
+
+``status``   where the store, database and blob cache are, and how many images per state;
+``recover``  clean the work files of pulls whose process died and mark them FAILED
+             (every pull also does this first; run it after a node crash to tidy up at once);
+``prune``    shrink the blob cache to ``cacheMaxSize`` (or ``--max-size``), least recently used first.
+
+The REST service (``shifter-gateway serve``) is a separate issue and is not part of this command yet.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import NoReturn
+
+import click
+
+from shifter.config.site import load_config
+from shifter.errors import ShifterError
+from shifter.gateway.service import ImageService
+
+PROG = "shifter-gateway"
+
+
+def _service() -> ImageService:
+    return ImageService.embedded(load_config())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Administer the image store that shifterimg and shifter use."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(as_json: bool) -> None:
+    """Show the store, database, blob cache and image counts by state."""
+    service = _service()
+    counts = Counter(str(image.get("status", "?")) for image in service.images())
+    info = {
+        "store": str(service.store.root),
+        "store_kind": service.choice.kind,
+        "database": service.choice.database_url,
+        "cache": str(service.cache.root),
+        "cache_bytes": service.cache.total_size(),
+        "cache_max_bytes": service.config.cache_max_size,
+        "images": dict(sorted(counts.items())),
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        click.echo(f"{key:16} {value}")
+
+
+@cli.command()
+def recover() -> None:
+    """Clean up after pulls whose process died (kill -9, node crash)."""
+    cleaned = _service().recover()
+    for image_id in cleaned:
+        click.echo(f"recovered {image_id[:12]}: marked FAILED, work files removed")
+    click.echo(f"{len(cleaned)} interrupted pull(s) cleaned up")
+
+
+@cli.command()
+@click.option("--max-size", type=int, default=None, help="target size in bytes (default: cacheMaxSize)")
+def prune(max_size: int | None) -> None:
+    """Delete least-recently-used blobs until the cache fits its size cap."""
+    service = _service()
+    removed = service.cache.prune(max_size=max_size if max_size is not None else service.config.cache_max_size)
+    click.echo(f"removed {len(removed)} blob(s); cache now {service.cache.total_size()} bytes")
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run one command line; library errors become one line on stderr and their exit code."""
+    try:
+        cli.main(args=list(argv), prog_name=PROG, standalone_mode=False)
+        return 0
+    except ShifterError as err:
+        click.echo(f"{PROG}: error: {err.render()}", err=True)
+        return err.exit_code
+    except click.ClickException as err:
+        err.show()
+        return 2
+    except click.exceptions.Exit as err:
+        return err.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    sys.exit(run(sys.argv[1:] if argv is None else argv))

@@ -1,0 +1,47 @@
+"""``shifter-gateway`` maintenance commands against a real store filled by a real pull."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shifter.cli import gateway
+from shifter.config.site import load_config
+from shifter.gateway.service import ImageService
+from shifter.gateway.stores import Caller
+from tests.conftest import PushedImage
+
+pytestmark = pytest.mark.integration
+
+
+def test_status_recover_prune(site_config: Path, busybox_image: PushedImage,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    service = ImageService.embedded(load_config(), Caller.current())
+    service.pull(busybox_image.ref, Caller.current())
+    assert service.cache.total_size() > 0
+    capsys.readouterr()
+
+    assert gateway.run(["status", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["images"] == {"READY": 1} and info["store_kind"] == "site"
+    assert info["store"] == str(service.store.root) and info["cache_bytes"] > 0
+
+    assert gateway.run(["recover"]) == 0
+    assert "0 interrupted pull(s)" in capsys.readouterr().out
+
+    assert gateway.run(["prune", "--max-size", "0"]) == 0
+    assert "cache now 0 bytes" in capsys.readouterr().out
+    # The image itself does not depend on the blob cache.
+    assert service.store.is_ready(service.lookup(busybox_image.ref))
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "udiRoot.conf"
+    conf.write_text("imagePath=/x\nnoSuchKey=1\n")
+    monkeypatch.setenv("SHIFTER_CONFIG", str(conf))
+    assert gateway.run(["status"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'noSuchKey'" in err[0]
