@@ -48,6 +48,7 @@ from shifter.oci import mediatypes as mt
 from shifter.oci.digest import Digest
 from shifter.oci.manifest import Descriptor, ImageIndex, ImageManifest, parse_config, parse_manifest
 from shifter.oci.platform import Platform, host_platform
+from shifter.registry.progress import NullProgress
 
 MAX_METADATA_BYTES = 8 * 1024 * 1024  # manifest.json, index.json, manifests, configs
 MAX_MEMBERS = 250_000
@@ -121,18 +122,6 @@ class ArchiveImage:
                 "variant": self.platform.variant}
         return ImageContent(self.manifest_digest, self.config, self.config_digest,
                             [LayerBlob(x.digest, x.size, x.media_type, x.path) for x in self.layers], plat)
-
-
-@dataclass
-class _Noop:
-    def layer_start(self, digest: str, total: int) -> None:
-        pass
-
-    def layer_advance(self, digest: str, nbytes: int) -> None:
-        pass
-
-    def layer_done(self, digest: str) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------- member index
@@ -534,7 +523,7 @@ def read_archive(path: str | os.PathLike[str], sink: BlobSink, tmp_dir: str | os
     Raises :class:`ArchiveError` (exit code 11), :class:`DigestMismatchError`, :class:`ManifestError`
     or :class:`DiskFullError`; on any error no blob of this archive is left behind in ``tmp_dir``.
     """
-    progress = progress or _Noop()
+    progress = progress or NullProgress()
     want_platform = platform or host_platform()
     with _open_tar(Path(path)) as tar:
         try:

@@ -10,9 +10,10 @@ model of the tree (a few hundred bytes per path).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -45,7 +46,7 @@ def flatten(layers: Sequence[Path], dest: Path, policy: FlattenPolicy | None = N
     planner = Planner(policy)
     with Executor(dest) as executor:
         for index, layer in enumerate(layers):
-            label = f"layer {index + 1}/{len(layers)} ({Path(layer).name[:19]})"
+            label = layer_label(index, layers)
             if progress is not None:
                 progress.phase("flatten", f"applying {label}")
             planner.begin_layer(index, label)
@@ -56,31 +57,46 @@ def flatten(layers: Sequence[Path], dest: Path, policy: FlattenPolicy | None = N
 
 
 def _apply_layer(layer: Path, label: str, planner: Planner, executor: Executor) -> None:
+    with contextlib.closing(iter_members(layer, label, planner.report)) as members:
+        try:
+            for tar, info in members:
+                for op in planner.plan(header_of(info)):
+                    data = tar.extractfile(info) if isinstance(op, WriteFile) else None
+                    executor.apply(op, data)
+        except tarfile.TarError as exc:  # a member's data ends early
+            raise layer_error(label, exc) from exc
+
+
+def iter_members(layer: Path, label: str,
+             report: FlattenReport) -> Generator[tuple[tarfile.TarFile, tarfile.TarInfo], None, None]:
+    """Every member of one layer blob, in stream order (close the generator to stop early)."""
     with open_layer(layer) as (stream, _kind):
         if stream.is_empty():
-            planner.report.warn(f"{label}: empty blob, treated as an empty layer")
+            report.warn(f"{label}: empty blob, treated as an empty layer")
             return
         try:
             tar = tarfile.open(fileobj=stream, mode="r:", bufsize=CHUNK,  # noqa: SIM115 - closed below
                                encoding="utf-8", errors="surrogateescape")
         except tarfile.TarError as exc:
-            raise _layer_error(label, exc) from exc
+            raise layer_error(label, exc) from exc
         with tar:
-            _apply_members(tar, label, planner, executor)
+            while True:
+                try:
+                    info = tar.next()
+                except tarfile.TarError as exc:
+                    raise layer_error(label, exc) from exc
+                if info is None:
+                    return
+                tar.members.clear()  # type: ignore[attr-defined]  # else O(members) memory
+                yield tar, info
 
 
-def _apply_members(tar: tarfile.TarFile, label: str, planner: Planner, executor: Executor) -> None:
-    try:
-        while (info := tar.next()) is not None:
-            tar.members.clear()  # type: ignore[attr-defined]  # else O(members) memory
-            for op in planner.plan(header_of(info)):
-                data = tar.extractfile(info) if isinstance(op, WriteFile) else None
-                executor.apply(op, data)
-    except tarfile.TarError as exc:
-        raise _layer_error(label, exc) from exc
+def layer_label(index: int, layers: Sequence[Path]) -> str:
+    """How a layer is named in messages: its position and the start of its blob name."""
+    return f"layer {index + 1}/{len(layers)} ({Path(layers[index]).name[:19]})"
 
 
-def _layer_error(label: str, exc: Exception) -> LayerError:
+def layer_error(label: str, exc: Exception) -> LayerError:
     return LayerError(f"{label} is not a valid tar archive: {exc}",
                       hint="the image or the blob cache is corrupt; delete the cached blob and pull "
                            "again, or rebuild the image")

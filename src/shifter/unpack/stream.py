@@ -22,14 +22,14 @@ from __future__ import annotations
 import contextlib
 import tarfile
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from shifter.errors import LayerError
-from shifter.unpack.compression import CHUNK, open_layer
-from shifter.unpack.flatten import PhaseSink, header_of
+from shifter.unpack.compression import CHUNK
+from shifter.unpack.flatten import PhaseSink, header_of, iter_members, layer_error, layer_label
 from shifter.unpack.planner import FinalEntry, Inode, MemberKind, Planner, RelPath
 from shifter.unpack.policy import FlattenPolicy
 from shifter.unpack.report import FlattenReport
@@ -52,51 +52,17 @@ class StreamPlan:
 
 
 # --------------------------------------------------------------------------- reading layers
-def _layer_error(label: str, exc: Exception) -> LayerError:
-    return LayerError(f"{label} is not a valid tar archive: {exc}",
-                      hint="the image or the blob cache is corrupt; delete the cached blob and pull "
-                           "again, or rebuild the image")
-
-
-def _members(layer: Path, label: str,
-             report: FlattenReport) -> Generator[tuple[tarfile.TarFile, tarfile.TarInfo], None, None]:
-    """Every member of one layer blob, in stream order (close the generator to stop early)."""
-    with open_layer(layer) as (stream, _kind):
-        if stream.is_empty():
-            report.warn(f"{label}: empty blob, treated as an empty layer")
-            return
-        try:
-            tar = tarfile.open(fileobj=stream, mode="r:", bufsize=CHUNK,  # noqa: SIM115 - closed below
-                               encoding="utf-8", errors="surrogateescape")
-        except tarfile.TarError as exc:
-            raise _layer_error(label, exc) from exc
-        with tar:
-            while True:
-                try:
-                    info = tar.next()
-                except tarfile.TarError as exc:
-                    raise _layer_error(label, exc) from exc
-                if info is None:
-                    return
-                tar.members.clear()  # type: ignore[attr-defined]  # else O(members) memory
-                yield tar, info
-
-
-def _label(index: int, layers: Sequence[Path]) -> str:
-    return f"layer {index + 1}/{len(layers)} ({Path(layers[index]).name[:19]})"
-
-
 # --------------------------------------------------------------------------- pass 1
 def plan_stream(layers: Sequence[Path], policy: FlattenPolicy | None = None,
                 progress: PhaseSink | None = None) -> StreamPlan:
     """Pass 1: read every layer's headers (data skipped) and compute the final tree."""
     planner = Planner(policy or FlattenPolicy())
     for index, layer in enumerate(layers):
-        label = _label(index, layers)
+        label = layer_label(index, layers)
         if progress is not None:
             progress.phase("plan", f"reading the headers of {label}")
         planner.begin_layer(index, label)
-        with contextlib.closing(_members(Path(layer), label, planner.report)) as members:
+        with contextlib.closing(iter_members(Path(layer), label, planner.report)) as members:
             for _tar, info in members:
                 planner.plan(header_of(info))
     planner.finish()  # the counts (and setuid stripped from directories) in the report
@@ -152,7 +118,7 @@ def write_tar(plan: StreamPlan, layers: Sequence[Path], sink: IO[bytes],
         for index, layer in enumerate(layers):
             if plan.last_member[index] < 0:
                 continue  # nothing of this layer survives: do not even open it
-            label = _label(index, layers)
+            label = layer_label(index, layers)
             if progress is not None:
                 progress.phase("stream", f"streaming the files of {label}")
             _copy_layer(plan, index, Path(layer), label, out)
@@ -218,7 +184,7 @@ class _TarOut:
 def _copy_layer(plan: StreamPlan, index: int, layer: Path, label: str, out: _TarOut) -> None:
     """Copy this layer's winning members (and their hard links) into ``out``."""
     last = plan.last_member[index]
-    with contextlib.closing(_members(layer, label, plan.report)) as members:
+    with contextlib.closing(iter_members(layer, label, plan.report)) as members:
         for ordinal, (tar, info) in enumerate(members):
             found = plan.sources.get((index, ordinal))
             if found is not None:
@@ -231,7 +197,7 @@ def _copy_layer(plan: StreamPlan, index: int, layer: Path, label: str, out: _Tar
                 try:
                     out.file(inode, paths, tar.extractfile(info))
                 except (tarfile.TarError, EOFError) as exc:  # truncated member data
-                    raise _layer_error(label, exc) from exc
+                    raise layer_error(label, exc) from exc
             if ordinal >= last:
                 return
     raise LayerError(f"{label} ended before member {last + 1}, which it had in the first pass",
