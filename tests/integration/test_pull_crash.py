@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from shifter.gateway.models import Status
 from shifter.gateway.service import ImageService
 from shifter.gateway.stores import Caller
 from tests.conftest import PushedImage
+from tests.fixtures.processes import wait_for_text
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,23 +28,12 @@ def _child(ref: str, log: Path, pause: float) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"child exited early: {proc.communicate()}")
-        time.sleep(0.05)
-    raise AssertionError(f"child never logged {text!r}")
-
-
 def test_kill_9_during_conversion_then_pull_again_recovers(site_config: Path, busybox_image: PushedImage,
                                                            tmp_path: Path) -> None:
     log = tmp_path / "pull.log"
     image_id = busybox_image.digest.split(":")[1]
     proc = _child(busybox_image.ref, log, pause=60)
-    _wait_for(log, "converting", proc)
+    wait_for_text(log, "converting", proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 

@@ -8,7 +8,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from shifter.config.site import load_config
 from shifter.store.layout import ImageStore
 from tests.fixtures.images import Layer, directory, file, layer_tar, push_image
+from tests.fixtures.processes import wait_for_text
 from tests.fixtures.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -26,17 +26,6 @@ def _child(ref: str, events: Path, **env: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "tests.integration.blob_child", ref], cwd=ROOT,
                             env={**os.environ, "EVENTS": str(events), **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"child exited before logging {text!r}: {proc.communicate()}")
-        time.sleep(0.02)
-    raise AssertionError(f"child never logged {text!r}")
 
 
 def test_two_images_sharing_a_layer_download_it_once(site_config: Path, registry: Registry,
@@ -51,9 +40,9 @@ def test_two_images_sharing_a_layer_download_it_once(site_config: Path, registry
     first_log, second_log, go = tmp_path / "first.log", tmp_path / "second.log", tmp_path / "go"
 
     first = _child(refs[0], first_log, HOLD_DIGEST=shared, GO=str(go))
-    _wait_for(first_log, "hold", first)  # mid-download of the shared layer, holding its lock
+    wait_for_text(first_log, "hold", first)  # mid-download of the shared layer, holding its lock
     second = _child(refs[1], second_log)
-    _wait_for(second_log, f"phase wait layer {shared[:19]}", second)
+    wait_for_text(second_log, f"phase wait layer {shared[:19]}", second)
     go.touch()
     for proc in (first, second):
         _out, err = proc.communicate(timeout=120)
