@@ -4,7 +4,7 @@
 #     and benchmarks, munge.
 #   - a virtual environment made from the *system* /usr/bin/python3 at $SHIFTER_PREFIX (default
 #     /opt/shifter), so ordinary users can run `shifter` and `shifterimg`.
-#   - /usr/local/bin links to the three commands.
+#   - links to the commands in $SHIFTER_BIN_DIR (default /usr/local/bin).
 set -euo pipefail
 PREFIX=${SHIFTER_PREFIX:-/opt/shifter}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,8 +33,10 @@ fi
 # src/shifter/cli/launchers.py.
 "$PREFIX/venv/bin/python" -m shifter.cli.launchers "$PREFIX/venv/bin" >/dev/null
 chmod -R a+rX "$PREFIX"
-for cmd in shifter shifterimg shifter-gateway; do
-  ln -sf "$PREFIX/venv/bin/$cmd" "/usr/local/bin/$cmd"
+BIN=${SHIFTER_BIN_DIR:-/usr/local/bin}
+mkdir -p "$BIN"
+for cmd in shifter shifterimg shifter-gateway shifter-setup shifter-teardown; do
+  ln -sf "$PREFIX/venv/bin/$cmd" "$BIN/$cmd"
 done
 # Rootless squashfuse needs /dev/fuse usable by users (the normal mode on clusters).
 [ -e /dev/fuse ] && chmod 666 /dev/fuse
