@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -125,9 +128,18 @@ def test_read_text_for(tmp_path: Path) -> None:
         read_text_for(str(big), me, limit=8)
 
 
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may search (pytest's tmp_path lies under a root-only one)."""
+    path = Path(tempfile.mkdtemp(prefix="shifter-env-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act for another user")
-def test_root_acting_for_user_cannot_read_unreadable_env_file(tmp_path: Path) -> None:
-    path = tmp_path / "secret.env"
+def test_root_acting_for_user_cannot_read_unreadable_env_file(open_dir: Path) -> None:
+    path = open_dir / "secret.env"
     path.write_text("A=1\n")
     path.chmod(0o600)  # owned by root
     other = Identity(54321, 54321, (54321,), "other", "/nonexistent")
@@ -135,6 +147,24 @@ def test_root_acting_for_user_cannot_read_unreadable_env_file(tmp_path: Path) ->
         read_text_for(str(path), other)
     path.chmod(0o644)
     assert read_text_for(str(path), other) == "A=1\n"
+    assert os.geteuid() == 0 and os.getegid() == 0  # root's ids are back
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act for another user")
+def test_env_file_behind_a_directory_the_user_cannot_search_is_refused(open_dir: Path) -> None:
+    closed = open_dir / "root-only"
+    closed.mkdir(mode=0o700)  # like /root: the user may not look inside...
+    secret = closed / "app.env"
+    secret.write_text("TOKEN=root-secret\n")
+    secret.chmod(0o644)  # ...although the file's own mode would let anyone read it
+    other = Identity(54321, 54321, (54321,), "other", "/nonexistent")
+    with pytest.raises(UsageError, match="Permission denied"):
+        read_text_for(str(secret), other)
+    link = open_dir / "link.env"  # nor through a symlink the user planted
+    link.symlink_to(secret)
+    with pytest.raises(UsageError, match="Permission denied"):
+        read_text_for(str(link), other)
+    assert os.geteuid() == 0
 
 
 def test_rules_from_config() -> None:

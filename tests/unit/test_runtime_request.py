@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,16 @@ def config(tmp_path: Path) -> SiteConfig:
     return parse_config(text, "test.conf")
 
 
+@pytest.fixture
+def env_dir() -> Iterator[Path]:
+    """A directory the (fake) caller may search: when the suite runs as root, env files are
+    read with the caller's rights, and pytest's tmp_path lies under a root-only directory."""
+    path = Path(tempfile.mkdtemp(prefix="shifter-request-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
 def spec(config: SiteConfig, *argv: str, environ: dict[str, str] | None = None,
          caller: Identity = ALICE, **kw: Any) -> ContainerSpec:
     env = {"HOME": "/home/alice", "PATH": "/host/bin", "UNWANTED": "x", "SHARED": "caller"}
@@ -63,8 +76,8 @@ def test_basic_spec(config: SiteConfig) -> None:
     assert s.chdir_candidates == ("/home/alice/work", "/app")
 
 
-def test_environment_order_in_spec(config: SiteConfig, tmp_path: Path) -> None:
-    env_file = tmp_path / "run.env"
+def test_environment_order_in_spec(config: SiteConfig, env_dir: Path) -> None:
+    env_file = env_dir / "run.env"
     env_file.write_text("# x\nFROMFILE=1\nSHARED=file\n")
     s = spec(config, "-i", "app:1", f"--env-file={env_file}", "-e", "SHARED=cli", "-m", "gpu,mpi", "true")
     env = dict(s.env)
@@ -172,10 +185,10 @@ def test_missing_image_is_pullable(config: SiteConfig) -> None:
     assert info.value.request == "docker:docker.io/library/missing:1"
 
 
-def test_env_errors(config: SiteConfig, tmp_path: Path) -> None:
+def test_env_errors(config: SiteConfig, env_dir: Path) -> None:
     with pytest.raises(UsageError, match="--env"):
         spec(config, "-i", "app:1", "-e", "1BAD=x")
-    bad = tmp_path / "bad.env"
+    bad = env_dir / "bad.env"
     bad.write_text("OK=1\nnot a line\n")
     with pytest.raises(UsageError, match=f"{bad}:2"):
         spec(config, "-i", "app:1", f"--env-file={bad}")

@@ -50,9 +50,9 @@ def detach_all(path: str) -> int:
 def setup(argv: Sequence[str]) -> int:
     """Build and record the prepared container."""
     from shifter.cli.shifter import caller_identity, warn  # noqa: PLC0415
-    from shifter.config.site import load_config  # noqa: PLC0415
+    from shifter.config.site import config_path, load_config  # noqa: PLC0415
     from shifter.runtime import etc, prepared  # noqa: PLC0415
-    from shifter.runtime.linux import executor  # noqa: PLC0415
+    from shifter.runtime.linux import executor, fastpath  # noqa: PLC0415
     from shifter.runtime.options import parse_options  # noqa: PLC0415
     from shifter.runtime.plan import Plan, container_groups, tree_ops, user_ids  # noqa: PLC0415
     from shifter.runtime.request import spec_from_options  # noqa: PLC0415
@@ -61,6 +61,9 @@ def setup(argv: Sequence[str]) -> int:
     opts = parse_options([*argv, "/bin/true"], os.environ)
     if not opts.user:
         raise UsageError("--user is required", hint="shifter-setup --image=IMG --user=NAME")
+    # The configuration's identity before it is read: the fast path's record must describe the
+    # content this setup used (prepared.fast_section compares it again afterwards).
+    config_state = _state_or_none(fastpath.file_state, config_path())
     config = load_config(privileged=True)
     spec = spec_from_options(opts, os.environ, config, caller_identity(), "/")  # type: ignore[arg-type]
     if prepared.read_record(config) is not None or prepared.is_mountpoint(config.udi_mount):
@@ -75,8 +78,16 @@ def setup(argv: Sequence[str]) -> int:
     except ShifterError:
         teardown_paths(config.udi_mount, config.loop_mount)
         raise
-    prepared.write_record(config, prepared.make_record(spec, config))
+    fast = prepared.fast_section(opts, spec, config, config_state)
+    prepared.write_record(config, prepared.make_record(spec, config, fast=fast))
     return 0
+
+
+def _state_or_none(state: Callable[[str], list[int] | None], path: str) -> list[int] | None:
+    try:
+        return state(path)
+    except OSError:
+        return None
 
 
 def teardown_paths(udi_mount: str, loop_mount: str) -> int:

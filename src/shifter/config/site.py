@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 DEFAULT_CONFIG_PATH = "/etc/shifter/udiRoot.conf"
+MAX_CONFIG_BYTES = 1024 * 1024
 
 # module_<name>_<attr>: <name> starts with a letter or digit and may hold '_' and '-'; the
 # shortest <name> followed by "_<attr>" wins (as in r"^module_([A-Za-z0-9][A-Za-z0-9_-]*?)_(attr)$").
@@ -351,7 +352,10 @@ def _validate_default_modules(config: SiteConfig) -> None:
 
 
 def check_file_trust(path: str, st: os.stat_result) -> None:
-    """When running privileged, the config must be root-owned and not group/world-writable."""
+    """When running privileged, the config must be a root-owned regular file that is not
+    group/world-writable."""
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path} is not a regular file", hint="point SHIFTER_CONFIG at udiRoot.conf")
     if st.st_uid != 0:
         raise ConfigError(f"{path} is not owned by root", hint="chown root:root it; it controls privileged mounts")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -372,7 +376,8 @@ def load_config(path: str | None = None, *, privileged: bool = False) -> SiteCon
     """
     path = path or config_path()
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO named by SHIFTER_CONFIG must not hang us (it is refused below).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         if privileged:
             raise ConfigError(f"site configuration {path} does not exist",
@@ -380,11 +385,28 @@ def load_config(path: str | None = None, *, privileged: bool = False) -> SiteCon
         return SiteConfig(source=path)
     except OSError as err:
         raise ConfigError(f"cannot open site configuration {path}: {err.strerror}") from None
-    with os.fdopen(fd, "r", encoding="utf-8") as handle:
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
         if privileged:
-            check_file_trust(path, os.fstat(handle.fileno()))
-        text = handle.read()
-    return parse_config(text, source=path)
+            check_file_trust(path, st)
+        elif not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"site configuration {path} is not a regular file")
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"site configuration {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    # Privileged, SHIFTER_CONFIG may name any root-owned file (/etc/shadow): never quote its
+    # content in an error unless anyone may read it anyway.
+    secret = privileged and not st.st_mode & stat.S_IROTH
+    try:
+        return parse_config(data.decode("utf-8"), source=path)
+    except (ConfigError, UnicodeDecodeError) as err:
+        if secret:
+            raise ConfigError(f"site configuration {path} is not valid (details withheld: the file is "
+                              "not world-readable)", hint="compare it with etc/udiRoot.conf.example, or make "
+                              "it mode 0644 to see the error") from None
+        if isinstance(err, UnicodeDecodeError):
+            raise ConfigError(f"site configuration {path} is not UTF-8 text") from None
+        raise
 
 
 def expand_user_path(path: str, home: str | None = None) -> Path:

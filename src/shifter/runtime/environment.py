@@ -30,6 +30,7 @@ import stat
 from shifter._record import Record
 from shifter.config.site import ModuleConfig, SiteConfig
 from shifter.errors import ConfigError, UsageError
+from shifter.runtime.asuser import AsUser
 from shifter.runtime.spec import Identity
 
 TYPE_CHECKING = False  # typing, collections: not on the launch path
@@ -120,14 +121,19 @@ def parse_env_file(text: str, source: str) -> list[tuple[str, str]]:
 
 
 def read_text_for(path: str, identity: Identity | None = None, limit: int = ENV_FILE_MAX_BYTES) -> str:
-    """Read a small text file the user named, as far as possible with the user's rights.
+    """Read a small text file the user named, with the user's rights.
 
-    When the process is root acting for another user (``--user``), the file's mode must let
-    ``identity`` read it (owner, group or other bit), so root's rights are never lent to the
-    user.  Only regular files up to ``limit`` bytes are read.
+    When the process is root acting for another user (``--user``), the file is opened with the
+    user's effective ids (:class:`~shifter.runtime.asuser.AsUser`: the kernel checks every
+    directory on the way and every link, so root's rights are never lent to the user), and its
+    mode must let ``identity`` read it.  Only regular files up to ``limit`` bytes are read.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        if identity is not None:
+            with AsUser(identity):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as err:
         raise UsageError(f"cannot open {path}: {err.strerror}") from None
     st = os.fstat(fd)

@@ -26,8 +26,9 @@ from shifter.errors import (
     StoreError,
 )
 from shifter.oci.reference import ImageRef, parse_image_arg
+from shifter.runtime.asuser import AsUser
 from shifter.runtime.spec import Identity, ImageInfo
-from shifter.store.layout import READY, ImageStore, exists, is_file, pure_path, search_dirs
+from shifter.store.layout import READY, ImageStore, exists, is_dir, is_file, pure_path
 
 TYPE_CHECKING = False  # no typing/pathlib here: this module is on the launch path
 if TYPE_CHECKING:
@@ -48,53 +49,74 @@ class ImageNotInStoreError(ImageNotFoundError):
         self.request = request
 
 
-def image_stores(config: SiteConfig, identity: Identity) -> list[tuple[ImageStore, bool]]:
+def image_stores(config: SiteConfig, identity: Identity, *,
+                 as_user: bool = False) -> list[tuple[ImageStore, bool]]:
     """The existing stores searched, in order, as ``(store, is_user_store)``: the per-user store
     of ``identity`` first, then the site store (the order of ``store.layout.search_roots``).
 
     An image from the per-user store is marked: privileged mode serves it with squashfuse as the
-    user, never with the kernel's squashfs driver.
+    user, never with the kernel's squashfs driver.  ``as_user``: root acting for ``identity``;
+    the per-user store is then looked at with the user's rights (:class:`AsUser`), and one the
+    user cannot reach counts as absent.
     """
-    user_path = config.user_image_path
-    if user_path and not expand_user_dir(user_path, identity.home).startswith("/"):
-        user_path = ""  # a relative per-user path would depend on the caller's cwd: ignore it
+    roots: list[tuple[ImageStore, bool]] = []
+    user_dir = expand_user_dir(config.user_image_path, identity.home) if config.user_image_path else ""
+    if user_dir.startswith("/"):  # a relative per-user path would depend on the caller's cwd: ignore it
+        user_dir = pure_path(user_dir)
+        try:
+            with AsUser(identity, as_user):
+                found = is_dir(user_dir)
+        except OSError:
+            found = False
+        if found:
+            roots.append((ImageStore(user_dir), True))
     site = pure_path(config.image_path)
-    return [(ImageStore(root), root != site) for root in search_dirs(config.image_path, user_path, identity.home)]
+    if is_dir(site) and site not in (store.root_dir for store, _ in roots):
+        roots.append((ImageStore(site), False))
+    return roots
 
 
 def resolve_image(text: str, config: SiteConfig, identity: Identity, *,
-                  default_type: str | None = None) -> ImageInfo:
-    """Resolve an ``--image`` argument for ``identity`` (the user the container runs as)."""
+                  default_type: str | None = None, as_user: bool = False) -> ImageInfo:
+    """Resolve an ``--image`` argument for ``identity`` (the user the container runs as).
+
+    ``as_user``: the process is root acting for ``identity`` (``shifter --user``); everything
+    in the per-user store (a directory the user controls: its tag files and metadata may be
+    links to root's files, FIFOs or huge) is then read with the user's rights.
+    """
     image_type, value = parse_image_arg(text.strip(), default_type or config.default_image_type)
     if image_type == "local":
         return _resolve_local(str(value), config)
-    stores = image_stores(config, identity)
+    stores = image_stores(config, identity, as_user=as_user)
     if image_type == "id":
-        return _resolve_id(str(value), stores, identity)
+        return _resolve_id(str(value), stores, identity, as_user)
     assert isinstance(value, ImageRef)
-    return _resolve_docker(value, stores, identity)
+    return _resolve_docker(value, stores, identity, as_user)
 
 
 def _resolve_docker(ref: ImageRef, stores: Sequence[tuple[ImageStore, bool]],
-                    identity: Identity) -> ImageInfo:
+                    identity: Identity, as_user: bool = False) -> ImageInfo:
     request = f"docker:{ref}"
     for store, is_user in stores:
-        image_id = _read_tag(store, str(ref))
-        if image_id is None and ref.digest:
-            candidate = ref.digest.partition(":")[2]
-            image_id = candidate if _has_image(store, candidate) else None
-        if image_id is not None:
-            return _load(store, is_user, image_id, request, identity, kind="docker")
+        with AsUser(identity, as_user and is_user):
+            image_id = _read_tag(store, str(ref))
+            if image_id is None and ref.digest:
+                candidate = ref.digest.partition(":")[2]
+                image_id = candidate if _has_image(store, candidate) else None
+            if image_id is not None:
+                return _load(store, is_user, image_id, request, identity, kind="docker")
     raise ImageNotInStoreError(f"image {request} is not in the image store",
                                hint=f"pull it with 'shifterimg pull {request}'", request=request)
 
 
-def _resolve_id(prefix: str, stores: Sequence[tuple[ImageStore, bool]], identity: Identity) -> ImageInfo:
+def _resolve_id(prefix: str, stores: Sequence[tuple[ImageStore, bool]], identity: Identity,
+                as_user: bool = False) -> ImageInfo:
     matches: list[tuple[ImageStore, bool, str]] = []
     seen: set[str] = set()
     for store, is_user in stores:
-        ids = [prefix] if len(prefix) == 64 and _has_image(store, prefix) else \
-            [i for i in _list_ids(store) if i.startswith(prefix)]
+        with AsUser(identity, as_user and is_user):
+            ids = [prefix] if len(prefix) == 64 and _has_image(store, prefix) else \
+                [i for i in _list_ids(store) if i.startswith(prefix)]
         for image_id in ids:
             if image_id not in seen:
                 seen.add(image_id)
@@ -107,7 +129,8 @@ def _resolve_id(prefix: str, stores: Sequence[tuple[ImageStore, bool]], identity
                                   + ", ".join(m[2][:16] for m in matches[:5]),
                                   hint="give more hex digits of the id")
     store, is_user, image_id = matches[0]
-    return _load(store, is_user, image_id, f"id:{image_id}", identity, kind="id")
+    with AsUser(identity, as_user and is_user):
+        return _load(store, is_user, image_id, f"id:{image_id}", identity, kind="id")
 
 
 def _resolve_local(path: str, config: SiteConfig) -> ImageInfo:
@@ -152,6 +175,15 @@ def _has_image(store: ImageStore, image_id: str) -> bool:
 def _load(store: ImageStore, is_user: bool, image_id: str, request: str, identity: Identity,
           *, kind: str) -> ImageInfo:
     """Read one image's metadata and check it is READY and allowed for ``identity``."""
+    try:
+        return _load_files(store, is_user, image_id, request, identity, kind=kind)
+    except OSError as err:  # e.g. a per-user store file that links where the user may not go
+        raise StoreError(f"cannot read image {image_id[:12]} in {store.root_dir}: {err.strerror or err}",
+                         hint=f"pull it again with 'shifterimg pull {request}'") from None
+
+
+def _load_files(store: ImageStore, is_user: bool, image_id: str, request: str, identity: Identity,
+                *, kind: str) -> ImageInfo:
     squashfs = store.squashfs_file(image_id)
     if not exists(store.metadata_file(image_id)):
         if exists(squashfs):

@@ -16,11 +16,14 @@ import stat
 
 from shifter._fastjson import loads as _json_loads
 from shifter.config.site import SiteConfig
+from shifter.errors import ShifterError
 from shifter.runtime.spec import ContainerSpec
 
 TYPE_CHECKING = False  # typing, collections: not on the launch path
 if TYPE_CHECKING:
     from typing import Any
+
+    from shifter.runtime.options import ShifterOptions
 
 RECORD_VERSION = 1
 
@@ -42,11 +45,124 @@ def describe(spec: ContainerSpec) -> dict[str, Any]:
     }
 
 
-def make_record(spec: ContainerSpec, config: SiteConfig, loop_device: str = "") -> dict[str, Any]:
-    """The record written after a successful setup."""
-    return {"version": RECORD_VERSION, **describe(spec), "image": spec.image.ref,
-            "squashfs": spec.image.squashfs, "user": spec.identity.user, "udi_mount": config.udi_mount,
-            "loop_mount": config.loop_mount, "loop_device": loop_device}
+def make_record(spec: ContainerSpec, config: SiteConfig, loop_device: str = "",
+                fast: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record written after a successful setup (``fast``: see :func:`fast_section`)."""
+    record = {"version": RECORD_VERSION, **describe(spec), "image": spec.image.ref,
+              "squashfs": spec.image.squashfs, "user": spec.identity.user, "udi_mount": config.udi_mount,
+              "loop_mount": config.loop_mount, "loop_device": loop_device}
+    if fast is not None:
+        record["fast"] = fast
+    return record
+
+
+def fast_section(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig,
+                 config_state: list[int] | None) -> dict[str, Any] | None:
+    """What ``shifter.runtime.linux.fastpath`` needs to enter without building a spec, or ``None``
+    when this request cannot use it (a local or abbreviated-id image, a relative store path, a
+    configuration or store file that changed while ``shifter-setup`` read it).
+
+    ``config_state`` is :func:`fastpath.file_state` of the configuration file taken *before* it
+    was loaded; the image is resolved a second time between two snapshots of the store files, so
+    the recorded file identities are those of the content the precomputed values came from.
+    """
+    from shifter.runtime.images import resolve_image  # noqa: PLC0415  (shifter-setup only)
+    from shifter.runtime.linux import fastpath  # noqa: PLC0415
+
+    try:
+        paths = _witness_paths(opts, spec, config)
+        if paths is None or config_state is None or opts.image is None:
+            return None
+        before = [fastpath.file_state(path) for path, _ in paths]
+        again = resolve_image(opts.image, config, spec.identity, default_type=opts.image_type)
+        after = [fastpath.file_state(path) for path, _ in paths]
+        config_after = fastpath.file_state(config.source)
+    except (OSError, ShifterError):
+        return None
+    if before != after or again != spec.image or config_after != config_state:
+        return None
+    home_matters = config.user_image_path.startswith("~")
+    return {"version": fastpath.FAST_VERSION, "config": config_state,
+            "key": fastpath.request_key(opts.image, opts.image_type, opts.volumes, opts.modules),
+            "witnesses": [[path, state, read] for (path, read), state in zip(paths, before, strict=True)],
+            "home": spec.identity.home if home_matters else None, "acl": _acl(spec.image.metadata),
+            **_image_values(spec), "rules": _env_rules(opts, config)}
+
+
+def _witness_paths(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig) -> list[tuple[str, bool]] | None:
+    """Every file ``images.resolve_image`` looks at for this request, in every store it may
+    search (existing or not), as ``(path, read)``: ``read`` when it is read, not only stat'ed."""
+    from shifter.config.site import expand_user_dir  # noqa: PLC0415
+    from shifter.oci.reference import parse_image_arg  # noqa: PLC0415
+    from shifter.store.layout import ImageStore, pure_path  # noqa: PLC0415
+
+    image = spec.image
+    if image.kind == "local" or opts.image is None or not image.store:
+        return None
+    roots = [pure_path(config.image_path)]
+    if config.user_image_path:
+        user = pure_path(expand_user_dir(config.user_image_path, spec.identity.home))
+        if user.startswith("/") and user != roots[0]:
+            roots.insert(0, user)
+    if any(not root.startswith("/") for root in roots):
+        return None
+    image_type, value = parse_image_arg(opts.image.strip(), opts.image_type or config.default_image_type)
+    ids: list[str] = []
+    paths: list[tuple[str, bool]] = []
+    if image_type == "docker":
+        ref = str(value)
+        digest = getattr(value, "digest", "")
+        ids = [digest.partition(":")[2]] if digest else []
+        paths += [(ImageStore(root).tag_file("docker", ref), True) for root in roots]
+    elif image_type == "id" and value == image.image_id:
+        ids = [image.image_id]
+    else:
+        return None  # an id prefix: resolution lists the stores' directories
+    for image_id in dict.fromkeys([*ids, image.image_id]):
+        for root in roots:
+            store = ImageStore(root)
+            paths += [(store.metadata_file(image_id), True), (store.squashfs_file(image_id), False)]
+    return paths
+
+
+def _acl(metadata: dict[str, object]) -> dict[str, list[int]] | None:
+    """``images.check_access`` precomputed: ``None`` when anyone may use the image, else who may."""
+    acl = metadata.get("acl")
+    if acl is None:
+        return None
+    if not isinstance(acl, dict):
+        acl = {"private": True}
+    if acl.get("private", False) is False:
+        return None
+    return {key: sorted({v for v in value if isinstance(v, int) and not isinstance(v, bool)})
+            if isinstance(value := acl.get(key), list) else [] for key in ("users", "groups")}
+
+
+def _image_values(spec: ContainerSpec) -> dict[str, Any]:
+    """The image's ENV (valid pairs), ENTRYPOINT, CMD and WORKDIR, as ``request`` reads them."""
+    from shifter.runtime.environment import image_env_pairs  # noqa: PLC0415
+    from shifter.runtime.request import _image_workdir, _str_list  # noqa: PLC0415
+
+    metadata = spec.image.metadata
+    pairs, _dropped = image_env_pairs(_str_list(metadata.get("env")))
+    return {"env": [list(pair) for pair in pairs], "entrypoint": _str_list(metadata.get("entrypoint")),
+            "cmd": _str_list(metadata.get("cmd")), "workdir": _image_workdir(spec.image)}
+
+
+def _env_rules(opts: ShifterOptions, config: SiteConfig) -> list[list[str]]:
+    """The modules' and the site's env rules as ``[op, name, value]``, in ``apply_rules`` order."""
+    from shifter.errors import ConfigError  # noqa: PLC0415
+    from shifter.runtime.environment import EnvRules, parse_assignment  # noqa: PLC0415
+    from shifter.runtime.modules import module_env_rules, parse_module_list, select_modules  # noqa: PLC0415
+
+    modules = select_modules(config, parse_module_list(opts.modules) if opts.modules is not None else None)
+    ops: list[list[str]] = []
+    for layer in [*module_env_rules(modules), EnvRules.from_site(config)]:
+        for op, entries in (("set", layer.set), ("append", layer.append), ("prepend", layer.prepend)):
+            ops += [[op, *parse_assignment(entry, f"udiRoot.conf ({layer.origin})", ConfigError)]
+                    for entry in entries]
+        ops += [["unset", name, ""] for name in layer.unset]
+    return ops
 
 
 def read_record(config: SiteConfig) -> dict[str, Any] | None:
@@ -111,5 +227,5 @@ def remove_record(config: SiteConfig) -> None:
         os.unlink(record_path(config))
 
 
-__all__ = ["describe", "is_mountpoint", "make_record", "matching_record", "read_record", "record_path",
+__all__ = ["describe", "fast_section", "is_mountpoint", "make_record", "matching_record", "read_record", "record_path",
            "remove_record", "write_record"]

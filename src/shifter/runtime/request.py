@@ -80,7 +80,9 @@ def spec_from_options(opts: ShifterOptions, environ: Mapping[str, str], config: 
     cli_env = [parse_assignment(item, f"--env={item[:64]}") for item in opts.env]
     file_env = [parse_env_file(read_file(path, identity), path) for path in opts.env_files]
     workdir = _check_workdir(opts)
-    image = resolve(opts.image, config, identity, default_type=opts.image_type)
+    # Root acting for a user reads that user's own store with the user's rights only.
+    image = resolve(opts.image, config, identity, default_type=opts.image_type,
+                    as_user=caller.uid == 0 and identity.uid != 0)
     composed = compose_environment(environ, clearenv=opts.clearenv,
                                    image=_str_list(image.metadata.get("env")), files=file_env, cli=cli_env,
                                    rules=[*module_env_rules(modules), EnvRules.from_site(config)])

@@ -34,6 +34,39 @@ _TYPE_CHARS = _TYPE_FIRST | frozenset("0123456789_-")
 _QUOTE_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 
 
+#: Upper bounds for the small files the runtime reads (a store may be the user's: hostile).
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+MAX_TAG_BYTES = 4096
+
+
+def read_regular(path: str, limit: int) -> bytes:
+    """The content of the regular file ``path``, at most ``limit`` bytes.
+
+    A store's files may have been planted by a user (the per-user store, read by root in
+    privileged mode): a FIFO must not block us (``O_NONBLOCK``, then only regular files are
+    read), a device such as ``/dev/zero`` or a huge file must not exhaust memory (the limit).
+    Raises ``OSError`` (``FileNotFoundError`` when missing, ``EINVAL`` for a non-regular file,
+    ``EFBIG`` when larger than ``limit``).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _is_id(text: str) -> bool:
     """``re.match(r"^[0-9a-f]{64}$", text)`` (``$`` also matches before a final newline)."""
     return (len(text) == 64 or (len(text) == 65 and text[64] == "\n")) and _HEX.issuperset(text[:64])
@@ -159,12 +192,15 @@ class ImageStore:
         """The parsed ``<id>.json``; :class:`StoreError` when missing or unreadable."""
         path = self.metadata_file(image_id)
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = _json_loads(handle.read())
+            data = _json_loads(read_regular(path, MAX_METADATA_BYTES).decode("utf-8"))
         except FileNotFoundError:
             raise StoreError(f"image {image_id[:12]} has no metadata in {self.root}",
                              hint="pull the image again") from None
-        except (OSError, ValueError) as err:
+        except UnicodeDecodeError:  # its message would quote a byte of the file
+            raise StoreError(f"cannot read {path}: not UTF-8", hint="pull the image again") from None
+        except OSError as err:
+            raise StoreError(f"cannot read {path}: {err.strerror or err}", hint="pull the image again") from None
+        except ValueError as err:
             raise StoreError(f"cannot read {path}: {err}", hint="pull the image again") from None
         if not isinstance(data, dict):
             raise StoreError(f"{path} is not a JSON object", hint="pull the image again")
@@ -182,12 +218,12 @@ class ImageStore:
     def resolve_tag(self, image_type: str, ref: str) -> str | None:
         """The image id a tag points to, or None when the tag does not exist."""
         try:
-            with open(self.tag_file(image_type, ref), encoding="ascii") as handle:
-                text = handle.read().strip()
+            data = read_regular(self.tag_file(image_type, ref), MAX_TAG_BYTES)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, UnicodeDecodeError) as err:
-            raise StoreError(f"cannot read tag {image_type}:{ref} in {self.root}: {err}") from None
+        except OSError as err:
+            raise StoreError(f"cannot read tag {image_type}:{ref} in {self.root}: {err.strerror or err}") from None
+        text = data.decode("ascii", "replace").strip()
         return text if _is_id(text) else None
 
     def tags(self) -> Iterator[tuple[str, str, str]]:
@@ -274,5 +310,5 @@ def is_dir(path: str) -> bool:
     return mode is not None and stat.S_ISDIR(mode)
 
 
-__all__ = ["READY", "ImageStore", "check_id", "check_type", "exists", "is_dir", "is_file", "pure_path",
-           "quote_ref", "search_dirs", "search_roots"]
+__all__ = ["MAX_METADATA_BYTES", "MAX_TAG_BYTES", "READY", "ImageStore", "check_id", "check_type", "exists",
+           "is_dir", "is_file", "pure_path", "quote_ref", "read_regular", "search_dirs", "search_roots"]

@@ -419,7 +419,14 @@ def _set_propagation(ctx: Context, target: str, kind: int) -> None:
 
 def mount_cache(op: p.MountCache, ctx: Context) -> None:
     """A fresh perNodeCache file system at the target: loop device on an anonymous sparse file
-    (privileged, see :mod:`.cache`) or a size-limited tmpfs (in the user's namespace)."""
+    (privileged, see :mod:`.cache`) or a size-limited tmpfs (in the user's namespace).
+
+    The new file system is handed to the user without looking its path up again blindly: a
+    tmpfs gets its owner from its mount options, and the root of a loop file system is
+    re-opened and must be on that very device before root ``fchown``s it.  (The path may run
+    through a volume the user writes: swapped for a symlink after the mount, a second lookup
+    could land on any directory in the container, e.g. a host ``/dev/shm`` or a site volume.)
+    """
     if op.check_target:
         _check_target_path(ctx, op.target)
     target = targets.ensure_target(ctx.root_fd, op.target, True, ctx.user)
@@ -428,19 +435,30 @@ def mount_cache(op: p.MountCache, ctx: Context) -> None:
             _recheck_resolved(ctx, target, op.target)
         if op.method == "tmpfs":
             sc.mount("tmpfs", fsutil.fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
-                     f"size={op.size},mode=755")
+                     f"size={op.size},mode=755,uid={op.uid},gid={op.gid}")
             return
         from shifter.runtime.linux import cache  # noqa: PLC0415  (only when a cache is asked for)
 
         loop_fd, device, fstype = cache.make_device(op.backing_dir, op.size, op.fs)
         try:
             sc.mount(device, fsutil.fd_path(target), fstype, sc.MS_NOSUID | sc.MS_NODEV)
+            rdev = os.fstat(loop_fd).st_rdev
         finally:
             os.close(loop_fd)  # autoclear: the mount is now the device's only user
     finally:
         os.close(target)
-    top = fsutil.open_in_root(ctx.root_fd, op.target, os.O_RDONLY | os.O_DIRECTORY)
+    _own_cache_root(ctx, op, rdev)
+
+
+def _own_cache_root(ctx: Context, op: p.MountCache, rdev: int) -> None:
+    """``chown`` the fresh file system's root to the user; refuse if the path no longer leads
+    to it (root must never chown whatever a swapped path now names)."""
+    top = fsutil.open_in_root(ctx.root_fd, op.target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
+        st = os.fstat(top)
+        if st.st_dev != rdev:
+            raise VolumeError(f"volume {op.target} changed while its perNodeCache was being mounted",
+                              hint="do not modify the directories of your volumes while shifter starts")
         os.fchown(top, op.uid, op.gid)
         os.fchmod(top, 0o755)
     finally:
