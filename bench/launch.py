@@ -7,6 +7,8 @@ then times with hyperfine (``-N``, no shell), all in one run:
 
 * ``/bin/true`` on the host (the floor), and ``runuser -u USER -- /bin/true`` (the floor for
   anything run as the unprivileged user);
+* ``python -I -S`` starting and exec'ing ``/bin/true`` as that user: the floor of any Python
+  launcher (shifter's own work is the prepared row minus this one);
 * shifter privileged (root, ``--user``: kernel loop mount);
 * shifter unprivileged (user namespace + squashfuse), run through runuser;
 * shifter entering a prepared container (after ``shifter-setup``), through runuser;
@@ -41,7 +43,8 @@ from tests.integration.test_runtime_security import (
 )
 
 VENV_BIN = Path("/opt/shifter/venv/bin")
-AS_USER = ("shifter unprivileged", "shifter prepared", "ch-run")
+AS_USER = ("python -IS exec", "shifter unprivileged", "shifter prepared", "ch-run")
+PYTHON_FLOOR = "import posix; posix.execv('/bin/true', ['/bin/true'])"
 
 
 def main() -> int:
@@ -92,6 +95,7 @@ def run(base: Path, runs: int, warmup: int) -> int:
     commands = {
         "true": "/bin/true",
         "runuser true": f"{as_user} /bin/true",
+        "python -IS exec": f'{as_user} {VENV_BIN / "python3"} -I -S -c "{PYTHON_FLOOR}"',
         "shifter privileged": f"{shifter_command()} --user={TEST_USER} --image=busybox:bench /bin/true",
         "shifter unprivileged": f"{as_user} {shifter}",
         "ch-run": f"{as_user} ch-run {sqfs} -- /bin/true",

@@ -12,7 +12,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,15 +44,22 @@ os.mkdir(root)
 sc.mount("tmpfs", root, "tmpfs", 0, "mode=755")
 os.makedirs(os.path.join(root, "c"), mode=0o755)
 os.makedirs(os.path.join(root, "data/sub/c"))
-real_mount = sc.mount
+real_mount, real_move_mount = sc.mount, sc.move_mount
+
+def swap():
+    os.rename(os.path.join(root, "data/sub"), os.path.join(root, "data/sub.old"))
+    os.symlink("/", os.path.join(root, "data/sub"))
 
 def swapping_mount(source, target, fstype, flags, data=None):
     real_mount(source, target, fstype, flags, data)
     if fstype == "ext4" or (fstype == "tmpfs" and "size=" in (data or "")):
-        os.rename(os.path.join(root, "data/sub"), os.path.join(root, "data/sub.old"))
-        os.symlink("/", os.path.join(root, "data/sub"))
+        swap()
 
-sc.mount = swapping_mount
+def swapping_move_mount(mount_fd, target_fd):  # the tmpfs is made detached, then attached
+    real_move_mount(mount_fd, target_fd)
+    swap()
+
+sc.mount, sc.move_mount = swapping_mount, swapping_move_mount
 ctx = executor.Context(lambda m: None, (uid, uid, ()))
 ctx.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
 op = p.MountCache("user", "/data/sub/c", 64 * 1024 * 1024, method, fs="ext4", backing_dir=base,
@@ -91,3 +100,122 @@ def test_per_node_cache_symlink_swap_after_mount_cannot_chown_a_host_directory(
     else:
         # ...and a loop file system whose path changed is refused.
         assert outcome == "refused"
+
+
+# The remount race.  Volumes, bound in plan order: the user's writable ``/data`` (host ``vol``),
+# a site volume ``/other`` (the victim), and ``/data/sub`` read-only (its mount point lies in
+# ``vol``, which the user writes).  Right after the kernel mounted ``/data/sub``, the user renames
+# ``vol/sub`` away and plants ``vol/sub -> /other``.  A remount that looked ``/data/sub`` up again
+# would make ``/other`` read-only and leave the real ``/data/sub`` writable and without nosuid.
+_REMOUNT_SCENARIO = """
+import os, sys
+from shifter.runtime import plan as p
+from shifter.runtime.linux import executor, syscalls as sc
+from shifter.errors import ShifterError
+
+base, mode, uid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+privileged = mode == "privileged"
+vol = os.path.join(base, "vol")
+# The user's other process, in the host's mount namespace (where vol/sub is no mount point):
+# it swaps when told to and says when it is done.
+go_r, go_w = os.pipe()
+done_r, done_w = os.pipe()
+if os.fork() == 0:
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.read(go_r, 1):
+        os.rename(os.path.join(vol, "sub"), os.path.join(vol, "sub.old"))
+        os.symlink("/other", os.path.join(vol, "sub"))
+        os.write(done_w, b"k")
+    os._exit(0)
+ctx = executor.Context(lambda m: None, (uid, uid, ()))
+executor.enter_namespaces(p.EnterNamespaces(not privileged, uid, uid), ctx)
+root = os.path.join(base, "root")
+sc.mount("tmpfs", root, "tmpfs", 0, "mode=755")
+ctx.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+armed = []
+
+def swap_as_user():
+    if armed:
+        armed.clear()
+        os.write(go_w, b"s")
+        assert os.read(done_r, 1) == b"k"
+
+real_mount, real_move_mount = sc.mount, sc.move_mount
+
+def swapping_mount(*args, **kw):
+    real_mount(*args, **kw)
+    swap_as_user()
+
+def swapping_move_mount(*args):
+    real_move_mount(*args)
+    swap_as_user()
+
+sc.mount, sc.move_mount = swapping_mount, swapping_move_mount
+if len(sys.argv) > 4:  # a kernel without open_tree/fsmount (< 5.2)
+    def enosys(*args):
+        raise OSError(38, "ENOSYS")
+    sc.open_tree_clone = sc.fsmount_new = enosys
+user = dict(as_user=privileged, check_target=True)
+binds = [p.Bind("user", vol, "/data", **user), p.Bind("site", os.path.join(base, "other"), "/other"),
+         p.Bind("user", os.path.join(base, "ro-src"), "/data/sub", read_only=True, **user)]
+try:
+    for op in binds:
+        armed[:] = [True] if op.target == "/data/sub" else []
+        executor.bind(op, ctx)
+    for op in (p.Remount("/data", False), p.Remount("/other", False), p.Remount("/data/sub", True)):
+        executor.remount(op, ctx)
+    outcome = "remounted"
+except ShifterError as err:
+    outcome = "refused"
+assert not armed and os.path.islink(os.path.join(root, "data/sub")), "the swap did not happen"
+real = os.statvfs(os.path.join(root, "data/sub.old")).f_flag
+other = os.statvfs(os.path.join(root, "other")).f_flag
+print(outcome, int(bool(real & os.ST_RDONLY)), int(bool(real & os.ST_NOSUID)), int(bool(real & os.ST_NODEV)),
+      int(bool(other & os.ST_RDONLY)))
+"""
+
+
+@pytest.fixture
+def shared_base() -> Iterator[Path]:
+    """A scratch directory every user can traverse (the unprivileged scenario runs as ``USER``)."""
+    base = Path(tempfile.mkdtemp(prefix="shifter-redteam-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    yield base
+    subprocess.run(["umount", "-l", str(base / "root")], capture_output=True, check=False)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _remount_scenario(base: Path, mode: str, *extra: str) -> list[str]:
+    for name in ("root", "vol/sub", "other", "ro-src"):
+        (base / name).mkdir(parents=True)
+    os.chown(base / "vol", USER, USER)
+    os.chown(base / "vol/sub", USER, USER)
+    (base / "ro-src/data.txt").write_text("read me, do not write me\n")
+    for path in (base / "root", base / "other", base / "ro-src"):
+        os.chmod(path, 0o755)
+    script = base / "scenario.py"
+    script.write_text(textwrap.dedent(_REMOUNT_SCENARIO))
+    os.chmod(script, 0o644)
+    ids = {} if mode == "privileged" else {"user": USER, "group": USER, "extra_groups": []}
+    res = subprocess.run([sys.executable, str(script), str(base), mode, str(USER), *extra], capture_output=True,
+                         text=True, check=False, timeout=120, cwd="/", **ids)  # type: ignore[call-overload]
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()
+
+
+@needs_root
+@pytest.mark.parametrize(("mode", "kernel"), [("privileged", ()), ("unprivileged", ()),
+                                              ("privileged", ("no-open-tree",))],
+                         ids=["privileged", "unprivileged", "privileged-kernel-without-open-tree"])
+def test_symlink_swap_in_volume_between_bind_and_remount_cannot_redirect_the_remount(
+        shared_base: Path, mode: str, kernel: tuple[str, ...]) -> None:
+    # (Without open_tree, Linux < 5.2, the new mount is re-opened at once by the symlink-free
+    # path of its mount point, which follows the rename, and checked to show the source.)
+    outcome, ro, nosuid, nodev, other_ro = _remount_scenario(shared_base, mode, *kernel)
+    # The site volume the swapped path now names is left alone...
+    assert other_ro == "0"
+    # ...and the read-only volume got its own remount: read-only, nosuid, nodev (or, at
+    # worst, the container is refused).
+    assert outcome == "refused" or (outcome, ro, nosuid, nodev) == ("remounted", "1", "1", "1")
+

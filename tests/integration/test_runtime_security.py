@@ -343,3 +343,66 @@ def test_prepared_container_is_entered_without_privilege_and_torn_down(site: Sit
     assert down.returncode == 0, down.stderr
     assert not Path(str(site.udi) + ".json").exists()
     assert _wait_clean(site) == []
+
+
+PACKAGE_DIR = str(Path(__file__).resolve().parents[2] / "src")
+# Who and where the command runs, and with what: compared between the fast and the full path.
+INSIDE_SCRIPT = ("id -u; id -g; id -G; pwd; env | sort; grep -E '^(Cap|NoNewPrivs)' /proc/self/status; "
+                 "grep -q fuse.squashfuse /proc/self/mountinfo && echo private-container || echo prepared-tree")
+
+
+def _as_user(site: Site, cmd: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
+    env = [f"{k}={v}" for k, v in _env(site.config, USER=TEST_USER, LD_PRELOAD="", OMP_NUM_THREADS="4").items()]
+    return subprocess.run(["runuser", "-u", TEST_USER, "--", "env", "-i", *env, *cmd], cwd=cwd,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def _fast_only(site: Site, args: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
+    """Only ``fastpath.try_enter``, as the launcher runs (python -I -S): it enters the prepared
+    container and execs (or fails after entering, with the full path's message and status), or
+    returns ``None`` and we print FALLBACK."""
+    code = (f"import sys\nsys.path.append({PACKAGE_DIR!r})\nfrom shifter.runtime.linux import fastpath\n"
+            "status = fastpath.try_enter(sys.argv[1:])\nif status is None:\n    print('FALLBACK')\n"
+            "sys.exit(99 if status is None else status)\n")
+    return _as_user(site, [sys.executable, "-I", "-S", "-c", code, *args], cwd)
+
+
+@needs_tools
+def test_prepared_fast_path_gives_what_the_full_path_gives(site: Site) -> None:
+    env = _env(site.config)
+    setup = subprocess.run([str(VENV_BIN / "shifter-setup"), f"--image={site.image}", f"--user={TEST_USER}"],
+                           env=env, capture_output=True, text=True, timeout=60, check=False)
+    try:
+        assert setup.returncode == 0, setup.stderr
+        cases = [(["sh", "-c", INSIDE_SCRIPT], "/tmp"),  # /tmp exists inside: the caller's directory
+                 (["--workdir=/bin", "-e", "X=1", "sh", "-c", INSIDE_SCRIPT], "/tmp"),
+                 (["-E", "sh", "-c", INSIDE_SCRIPT], str(site.root)),  # not inside: "/" and a warning
+                 (["no-such-command"], "/tmp")]  # 127 and the same message
+        for args, cwd in cases:
+            image = [f"--image={site.image}"]
+            fast = _fast_only(site, [*image, *args], cwd)
+            assert "FALLBACK" not in fast.stdout, fast.stdout + fast.stderr
+            # --verbose: an option the fast path leaves to the full parser, which then enters the
+            # same prepared tree (a no-op otherwise).
+            full = _as_user(site, [SHIFTER, *image, "--verbose", *args], cwd)
+            launcher = _as_user(site, [SHIFTER, *image, *args], cwd)
+            assert (fast.returncode, fast.stdout, fast.stderr) == (full.returncode, full.stdout, full.stderr)
+            assert (launcher.returncode, launcher.stdout, launcher.stderr) == (full.returncode, full.stdout,
+                                                                              full.stderr)
+            if args[0] == "no-such-command":
+                assert full.returncode == 127 and "command not found in the image" in full.stderr
+                continue
+            assert full.returncode == 0, full.stderr
+            lines = full.stdout.splitlines()
+            assert lines[:2] == [str(TEST_UID), str(TEST_UID)] and lines[-1] == "prepared-tree"
+            status = dict(line.split(":\t") for line in lines if ":\t" in line)
+            assert all(int(status[key], 16) == 0 for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"))
+            assert status["NoNewPrivs"].strip() == "1"
+        # Anything else (here another volume) still falls back, and then gets a private container.
+        other = _fast_only(site, [f"--image={site.image}", f"--volume={site.root}:/extra", "true"], "/")
+        assert "FALLBACK" in other.stdout, other.stdout + other.stderr
+    finally:
+        down = subprocess.run([str(VENV_BIN / "shifter-teardown")], env=env, capture_output=True, text=True,
+                              check=False)
+    assert down.returncode == 0, down.stderr
+    assert _wait_clean(site) == []

@@ -8,10 +8,9 @@ this process.  This module is the only place that turns a :class:`ShifterError` 
 
 :func:`main` first tries ``shifter.runtime.linux.fastpath``, which enters a container prepared by
 ``shifter-setup`` in a few milliseconds; so this module imports nothing at the top but ``sys``
-(``os`` alone costs ~1 ms): every function imports what it needs.
+(``os`` alone costs ~1 ms; ``from __future__`` is an import too): every function imports what it
+needs, and annotations naming ``typing``-only names are strings.
 """
-
-from __future__ import annotations
 
 import sys
 
@@ -67,7 +66,7 @@ def check_not_setuid() -> bool:
     return euid == 0
 
 
-def helper_env(environ: Mapping[str, str], privileged: bool) -> dict[str, str]:
+def helper_env(environ: "Mapping[str, str]", privileged: bool) -> dict[str, str]:
     """The environment for helper processes: a fixed, clean one when privileged (the caller's
     ``LD_PRELOAD``/``LD_LIBRARY_PATH``/``PYTHON*`` must never reach a root process)."""
     if privileged:
@@ -97,7 +96,7 @@ def pull(request: str, privileged: bool) -> None:
                              hint=f"run 'shifterimg pull {request}' to see why")
 
 
-def run(argv: Sequence[str]) -> int:
+def run(argv: "Sequence[str]") -> int:
     """Parse, build the spec (pulling if needed), launch.  Returns only on errors/help."""
     import os  # noqa: PLC0415
 
@@ -124,7 +123,7 @@ def run(argv: Sequence[str]) -> int:
     launch(spec, config, warn)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     """Console entry point.  Run as a command (``argv`` None), a prepared container that serves
     this request is entered by the fast path; anything else takes the full path."""
     if argv is None:

@@ -87,6 +87,11 @@ class SiteConfig(Record):
     squashfs_compression_level: int = 3
     squashfs_builder: str = "auto"  # auto | tar2sqfs (streamed, no tree on disk) | mksquashfs
     keep_setuid: bool = False
+    # Limits on one image, all layers together (0: no limit): uncompressed bytes (the sizes
+    # the layers' tar headers declare; also caps the download and an imported archive's
+    # blobs) and the number of tar members.  unpack.policy has the same defaults.
+    max_image_size: int = 64 * 1024**3
+    max_image_entries: int = 5_000_000
     download_concurrency: int = 4
     registry_mirrors: tuple[tuple[str, str], ...] = ()  # (registry host, mirror base URL)
     insecure_registries: tuple[str, ...] = ()
@@ -208,6 +213,8 @@ _KEYS: dict[str, tuple[str, object]] = {
     "squashfsCompressionLevel": ("squashfs_compression_level", _int),
     "squashfsBuilder": ("squashfs_builder", _STR),
     "keepSetuid": ("keep_setuid", _bool),
+    "maxImageSize": ("max_image_size", _size),
+    "maxImageEntries": ("max_image_entries", _int),
     "downloadConcurrency": ("download_concurrency", _int),
     "insecureRegistries": ("insecure_registries", lambda _k, v: _split(v, None)),
     "platform": ("platform", _STR),

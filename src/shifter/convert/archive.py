@@ -48,6 +48,7 @@ from shifter.oci import mediatypes as mt
 from shifter.oci.digest import Digest
 from shifter.oci.manifest import Descriptor, ImageIndex, ImageManifest, parse_config, parse_manifest
 from shifter.oci.platform import Platform, host_platform
+from shifter.oci.tarsafe import BoundedTarInfo
 from shifter.registry.progress import NullProgress
 
 MAX_METADATA_BYTES = 8 * 1024 * 1024  # manifest.json, index.json, manifests, configs
@@ -304,12 +305,23 @@ class _Reader:
     """One import: the open tarball, its member index and where blobs go."""
 
     def __init__(self, tar: tarfile.TarFile, index: _Index, sink: BlobSink, tmp_dir: Path,
-                 progress: ArchiveProgress) -> None:
+                 progress: ArchiveProgress, *, max_bytes: int = 0) -> None:
         self.tar = tar
         self.index = index
         self.sink = sink
         self.tmp_dir = tmp_dir
         self.progress = progress
+        self.max_bytes = max_bytes  # all blobs together (site maxImageSize); 0: no limit
+        self.blob_bytes = 0
+
+    def admit(self, info: tarfile.TarInfo, what: str) -> None:
+        """Count a blob's declared size before any of it is copied; refuse past ``max_bytes``."""
+        if self.max_bytes and info.size > self.max_bytes - self.blob_bytes:
+            raise ArchiveError(f"{what} is {info.size} bytes, which takes the image past {self.max_bytes} "
+                               "bytes, the site's limit (maxImageSize)",
+                               hint="the image is too large for this site; an admin can raise maxImageSize "
+                                    "in udiRoot.conf (0: no limit)")
+        self.blob_bytes += info.size
 
     def small(self, name: str, what: str) -> bytes:
         return _read_small(self.tar, self.index.resolve(name, what), what)
@@ -321,6 +333,7 @@ class _Reader:
             raise DigestMismatchError(f"{what} is {info.size} bytes in the archive, its descriptor "
                                       f"says {size}",
                                       hint="the archive is corrupt or was tampered with")
+        self.admit(info, what)
         if (found := self.sink.get(digest)) is not None:
             self.progress.layer_advance(label, info.size)
             return found
@@ -467,6 +480,7 @@ def _docker_layer(reader: _Reader, name: str, diff_id: str, number: int) -> Arch
     """Copy one docker-archive layer into the cache, checking its uncompressed digest (diff_id)."""
     info = reader.index.resolve(name, f"layer {number}")
     label = f"layer {number}"
+    reader.admit(info, f"layer {number} ({name})")
     reader.progress.layer_start(label, info.size)
     hasher = _Hasher(diff=True)
     tmp = _copy_blob(reader.tar, info, reader.tmp_dir, hasher, (reader.progress, label))
@@ -499,7 +513,7 @@ def synthesize_manifest(config_digest: str, config_size: int, layers: Sequence[A
 # --------------------------------------------------------------------------- entry point
 def _open_tar(path: Path) -> tarfile.TarFile:
     try:
-        return tarfile.open(path, mode="r:*")
+        return tarfile.open(path, mode="r:*", tarinfo=BoundedTarInfo)
     except FileNotFoundError:
         raise ArchiveError(f"{path} does not exist", hint="give the path of a tarball to import") from None
     except IsADirectoryError:
@@ -514,12 +528,14 @@ def _open_tar(path: Path) -> tarfile.TarFile:
 
 def read_archive(path: str | os.PathLike[str], sink: BlobSink, tmp_dir: str | os.PathLike[str], *,
                  names: Sequence[str] = (), platform: Platform | None = None,
-                 progress: ArchiveProgress | None = None) -> ArchiveImage:
+                 progress: ArchiveProgress | None = None, max_bytes: int = 0) -> ArchiveImage:
     """Read the image in the tarball ``path``; its blobs are verified and handed to ``sink``.
 
     ``names`` (e.g. ``["app:1", "docker.io/library/app:1", "1"]``) pick one image when the archive
     holds several; ``platform`` picks an entry of a multi-platform OCI index (default: the host's).
     ``tmp_dir`` must be on the cache's filesystem (the store's ``.tmp``) so adopting is a rename.
+    ``max_bytes`` (site ``maxImageSize``; 0: no limit) caps the blobs' sizes together, checked from
+    each member's header before it is copied.
     Raises :class:`ArchiveError` (exit code 11), :class:`DigestMismatchError`, :class:`ManifestError`
     or :class:`DiskFullError`; on any error no blob of this archive is left behind in ``tmp_dir``.
     """
@@ -536,7 +552,7 @@ def read_archive(path: str | os.PathLike[str], sink: BlobSink, tmp_dir: str | os
         except OSError as err:
             raise StoreError(f"cannot create {work}: {err.strerror or err}",
                              hint="check permissions of the image store") from None
-        reader = _Reader(tar, index, sink, work, progress)
+        reader = _Reader(tar, index, sink, work, progress, max_bytes=max_bytes)
         try:
             if "oci-layout" in index.members and "index.json" in index.members:
                 return _read_oci(reader, names, want_platform)

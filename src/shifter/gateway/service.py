@@ -26,7 +26,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shifter.config.site import SiteConfig
 from shifter.convert.metadata import ImageContent, LayerBlob, build_metadata
@@ -49,6 +49,9 @@ from shifter.store import publish
 from shifter.store.blobcache import BlobCache
 from shifter.store.layout import ImageStore
 from shifter.store.locks import FileLock
+
+if TYPE_CHECKING:
+    from shifter.unpack.policy import FlattenPolicy
 
 
 class Registry(Protocol):
@@ -186,7 +189,8 @@ class ImageService:
         progress.phase("reading", f"verifying {path} into the blob cache")
         with self.cache.importing() as tmp_dir:
             image = read_archive(path, self.cache, tmp_dir, platform=self._platform(), progress=progress,
-                                 names=archive_names(ref_text, self.config.default_image_type))
+                                 names=archive_names(ref_text, self.config.default_image_type),
+                                 max_bytes=self.config.max_image_size)
         return self.import_image(image.to_content(), ref_text, caller, progress, acl=acl)
 
     # --- the common back half ----------------------------------------------------------
@@ -550,8 +554,13 @@ class ImageService:
 
     def _default_flatten(self, layers: Sequence[Path], dest: Path) -> object:
         from shifter.unpack import flatten  # noqa: PLC0415  (heavy, pull only)
-        from shifter.unpack.policy import FlattenPolicy  # noqa: PLC0415
-        return flatten(layers, dest, FlattenPolicy(keep_setuid=self.config.keep_setuid))
+        return flatten(layers, dest, self._policy())
+
+    def _policy(self) -> FlattenPolicy:
+        """The site's flattening policy (setuid bits, image size and entry limits)."""
+        from shifter.unpack.policy import FlattenPolicy  # noqa: PLC0415  (heavy, pull only)
+        return FlattenPolicy(keep_setuid=self.config.keep_setuid, max_image_bytes=self.config.max_image_size,
+                             max_image_entries=self.config.max_image_entries)
 
     def _default_build(self, tree: Path, dest: Path) -> int:
         options = SquashfsOptions(compression=self.config.squashfs_compression,
@@ -563,12 +572,11 @@ class ImageService:
         says; ``auto``: when tar2sqfs is installed and no directory is too big for it.
         None: take the tree + mksquashfs path."""
         from shifter.convert import tar2sqfs  # noqa: PLC0415  (heavy, pull only)
-        from shifter.unpack.policy import FlattenPolicy  # noqa: PLC0415
         from shifter.unpack.stream import plan_stream, write_tar  # noqa: PLC0415
         builder = self.config.squashfs_builder
         if builder == "mksquashfs" or (builder == "auto" and not tar2sqfs.tar2sqfs_available()):
             return None
-        plan = plan_stream(layers, FlattenPolicy(keep_setuid=self.config.keep_setuid))
+        plan = plan_stream(layers, self._policy())
         if builder == "auto" and plan.max_dir_entries > tar2sqfs.MAX_DIR_ENTRIES:
             return None
         options = SquashfsOptions(compression=self.config.squashfs_compression,

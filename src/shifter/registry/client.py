@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from shifter.config.site import SiteConfig
 from shifter.errors import (
     DigestMismatchError,
     ImageNotFoundError,
+    LayerError,
     ManifestError,
     PlatformMismatchError,
     RegistryError,
@@ -221,6 +222,7 @@ class RegistryClient:
         """
         sink = progress or NullProgress()
         unique = {d.digest: d for d in descriptors}
+        self._check_image_size(ref, unique.values())
         cancel = threading.Event()
         workers = max(1, min(self.config.download_concurrency, len(unique)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shifter-blob") as pool:
@@ -236,6 +238,18 @@ class RegistryClient:
                 wait(futures.values())
                 raise failed.exception()  # type: ignore[misc]
         return [futures[d.digest].result() for d in descriptors]
+
+    def _check_image_size(self, ref: ImageRef, descriptors: Iterable[Descriptor]) -> None:
+        """Refuse, before downloading anything, layers that declare more than ``maxImageSize``
+        (compressed bytes are a lower bound of what they unpack to; each download is cut off at
+        its declared size)."""
+        limit = self.config.max_image_size
+        total = sum(max(0, d.size) for d in descriptors)
+        if limit and total > limit:
+            raise LayerError(f"the layers of {ref} declare {total} bytes to download, more than the site's "
+                             f"limit of {limit} bytes (maxImageSize)",
+                             hint="the image is too large for this site; an admin can raise maxImageSize in "
+                                  "udiRoot.conf (0: no limit)")
 
     def _cached_blob(self, ref: ImageRef, descriptor: Descriptor, cache: BlobCache, sink: ProgressSink,
                      cancel: threading.Event) -> Path:

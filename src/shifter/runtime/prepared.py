@@ -66,16 +66,22 @@ def fast_section(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig,
     was loaded; the image is resolved a second time between two snapshots of the store files, so
     the recorded file identities are those of the content the precomputed values came from.
     """
-    from shifter.runtime.images import resolve_image  # noqa: PLC0415  (shifter-setup only)
+    from shifter.runtime.asuser import AsUser  # noqa: PLC0415  (shifter-setup only)
+    from shifter.runtime.images import resolve_image  # noqa: PLC0415
     from shifter.runtime.linux import fastpath  # noqa: PLC0415
 
     try:
         paths = _witness_paths(opts, spec, config)
         if paths is None or config_state is None or opts.image is None:
             return None
-        before = [fastpath.file_state(path) for path, _ in paths]
-        again = resolve_image(opts.image, config, spec.identity, default_type=opts.image_type)
-        after = [fastpath.file_state(path) for path, _ in paths]
+        # The states the user's fast path will see: taken with the user's rights (as root acting
+        # for the user, request.spec_from_options resolves the image the same way).
+        with AsUser(spec.identity):
+            before = [fastpath.file_state(path) for path, _ in paths]
+        again = resolve_image(opts.image, config, spec.identity, default_type=opts.image_type,
+                              as_user=spec.identity.uid != 0)
+        with AsUser(spec.identity):
+            after = [fastpath.file_state(path) for path, _ in paths]
         config_after = fastpath.file_state(config.source)
     except (OSError, ShifterError):
         return None

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Protocol
 
 from shifter.errors import LayerError
+from shifter.oci.tarsafe import BoundedTarInfo
 from shifter.unpack.compression import CHUNK, open_layer
 from shifter.unpack.executor import Executor
 from shifter.unpack.planner import Header, MemberKind, Planner, WriteFile
-from shifter.unpack.policy import FlattenPolicy
+from shifter.unpack.policy import FlattenPolicy, ImageBudget
 from shifter.unpack.report import FlattenReport
 
 XATTR_PAX_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
@@ -44,20 +45,21 @@ def flatten(layers: Sequence[Path], dest: Path, policy: FlattenPolicy | None = N
     """
     policy = policy or FlattenPolicy()
     planner = Planner(policy)
+    budget = ImageBudget(policy)
     with Executor(dest) as executor:
         for index, layer in enumerate(layers):
             label = layer_label(index, layers)
             if progress is not None:
                 progress.phase("flatten", f"applying {label}")
             planner.begin_layer(index, label)
-            _apply_layer(Path(layer), label, planner, executor)
+            _apply_layer(Path(layer), label, planner, executor, budget)
         for op in planner.finish():
             executor.apply(op)
     return planner.report
 
 
-def _apply_layer(layer: Path, label: str, planner: Planner, executor: Executor) -> None:
-    with contextlib.closing(iter_members(layer, label, planner.report)) as members:
+def _apply_layer(layer: Path, label: str, planner: Planner, executor: Executor, budget: ImageBudget) -> None:
+    with contextlib.closing(iter_members(layer, label, planner.report, budget)) as members:
         try:
             for tar, info in members:
                 for op in planner.plan(header_of(info)):
@@ -67,15 +69,18 @@ def _apply_layer(layer: Path, label: str, planner: Planner, executor: Executor) 
             raise layer_error(label, exc) from exc
 
 
-def iter_members(layer: Path, label: str,
-             report: FlattenReport) -> Generator[tuple[tarfile.TarFile, tarfile.TarInfo], None, None]:
-    """Every member of one layer blob, in stream order (close the generator to stop early)."""
+def iter_members(layer: Path, label: str, report: FlattenReport,
+                 budget: ImageBudget | None = None) -> Generator[tuple[tarfile.TarFile, tarfile.TarInfo], None, None]:
+    """Every member of one layer blob, in stream order (close the generator to stop early).
+
+    With a ``budget``, each member is counted from its header before it is yielded (so
+    before its data is read or anything is written): LayerError past the image's limits."""
     with open_layer(layer) as (stream, _kind):
         if stream.is_empty():
             report.warn(f"{label}: empty blob, treated as an empty layer")
             return
         try:
-            tar = tarfile.open(fileobj=stream, mode="r:", bufsize=CHUNK,  # noqa: SIM115 - closed below
+            tar = tarfile.open(fileobj=stream, mode="r:", bufsize=CHUNK, tarinfo=BoundedTarInfo,  # noqa: SIM115
                                encoding="utf-8", errors="surrogateescape")
         except tarfile.TarError as exc:
             raise layer_error(label, exc) from exc
@@ -88,6 +93,8 @@ def iter_members(layer: Path, label: str,
                 if info is None:
                     return
                 tar.members.clear()  # type: ignore[attr-defined]  # else O(members) memory
+                if budget is not None:
+                    budget.admit(label, info.name, info.size)
                 yield tar, info
 
 

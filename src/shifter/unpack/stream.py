@@ -31,7 +31,7 @@ from shifter.errors import LayerError
 from shifter.unpack.compression import CHUNK
 from shifter.unpack.flatten import PhaseSink, header_of, iter_members, layer_error, layer_label
 from shifter.unpack.planner import FinalEntry, Inode, MemberKind, Planner, RelPath
-from shifter.unpack.policy import FlattenPolicy
+from shifter.unpack.policy import FlattenPolicy, ImageBudget
 from shifter.unpack.report import FlattenReport
 
 #: squashfs stores 32-bit unsigned seconds: mtimes are clamped to that range.
@@ -57,12 +57,13 @@ def plan_stream(layers: Sequence[Path], policy: FlattenPolicy | None = None,
                 progress: PhaseSink | None = None) -> StreamPlan:
     """Pass 1: read every layer's headers (data skipped) and compute the final tree."""
     planner = Planner(policy or FlattenPolicy())
+    budget = ImageBudget(planner.policy)  # pass 1 enforces the limits: pass 2 writes nothing before
     for index, layer in enumerate(layers):
         label = layer_label(index, layers)
         if progress is not None:
             progress.phase("plan", f"reading the headers of {label}")
         planner.begin_layer(index, label)
-        with contextlib.closing(iter_members(Path(layer), label, planner.report)) as members:
+        with contextlib.closing(iter_members(Path(layer), label, planner.report, budget)) as members:
             for _tar, info in members:
                 planner.plan(header_of(info))
     planner.finish()  # the counts (and setuid stripped from directories) in the report

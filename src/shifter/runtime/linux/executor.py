@@ -4,6 +4,11 @@ One small function per operation kind.  Security notes that hold throughout:
 
 * Mount sources and targets are opened once (``O_PATH``) and mounted through
   ``/proc/self/fd/N``: the object we checked is the object the kernel mounts.
+* Every mount that is remounted later (volumes, a local chroot image) is made as a detached
+  mount first (``open_tree``/``fsmount``) and attached with ``move_mount``; the fd naming the
+  new mount is kept (``Context.mounts``) and the remount (nosuid, nodev, ro) goes through
+  it.  A path is never looked up again: the user may have swapped a directory of their
+  volume for a symlink by then, and the remount would land on another mount.
 * Container paths are resolved with ``RESOLVE_IN_ROOT`` (see :mod:`.fsutil`), and user
   volume targets are re-checked against the target rules *after* resolution, so a symlink
   inside a volume or the image cannot move a mount onto ``/etc``.
@@ -66,6 +71,8 @@ class Context:
         self.helper_pid = 0
         self.helper_go = -1
         self.mounted: list[str] = []
+        # container target -> fd naming the root of the mount made there (see remount)
+        self.mounts: dict[str, int] = {}
 
 
 def run(plan: p.Plan, warn: Warn, stop_before: str = "") -> Context:
@@ -184,10 +191,13 @@ def mount_image(op: p.MountImage, ctx: Context) -> None:
         elif op.method == "bind":
             source = os.open(op.source, fsutil.PATH_FLAGS | os.O_DIRECTORY)
             try:
-                sc.mount(fsutil.fd_path(source), fsutil.fd_path(target), None, sc.MS_BIND | sc.MS_REC)
+                mounted = _attach_bind(source, target, True, lambda: _open_dir(op.mountpoint))
             finally:
                 os.close(source)
-            _remount_path(op.mountpoint, _IMAGE_FLAGS)
+            try:
+                _remount_fd(mounted, _IMAGE_FLAGS)
+            finally:
+                os.close(mounted)
         else:
             raise ContainerError(f"unknown image mount method {op.method!r}")
     finally:
@@ -400,21 +410,31 @@ def bind(op: p.Bind, ctx: Context) -> None:
         try:
             if op.check_target:
                 _recheck_resolved(ctx, target, op.target)
-            _bind_fds(source, target, op.recursive)
+            mounted = _attach_bind(source, target, op.recursive, _reopen_in_root(ctx, target))
         finally:
             os.close(target)
-        if op.slave or op.private:
-            _set_propagation(ctx, op.target, sc.MS_SLAVE if op.slave else sc.MS_PRIVATE)
+        try:
+            if op.slave or op.private:
+                # Through the new mount's fd: its path may already lead elsewhere.
+                kind = sc.MS_SLAVE if op.slave else sc.MS_PRIVATE
+                sc.mount(None, fsutil.fd_path(mounted), None, kind | sc.MS_REC)
+        except OSError:
+            os.close(mounted)
+            raise
+        if op.phase == "system":
+            os.close(mounted)  # not remounted
+        else:
+            _keep_mount(ctx, op.target, mounted)
     finally:
         os.close(source)
 
 
-def _set_propagation(ctx: Context, target: str, kind: int) -> None:
-    fd = fsutil.open_in_root(ctx.root_fd, target)
-    try:
-        sc.mount(None, fsutil.fd_path(fd), None, kind | sc.MS_REC)
-    finally:
-        os.close(fd)
+def _keep_mount(ctx: Context, target: str, fd: int) -> None:
+    """Remember the fd of the mount made at ``target`` for its :func:`remount`."""
+    old = ctx.mounts.pop(target, -1)
+    if old >= 0:
+        os.close(old)
+    ctx.mounts[target] = fd
 
 
 def mount_cache(op: p.MountCache, ctx: Context) -> None:
@@ -434,8 +454,7 @@ def mount_cache(op: p.MountCache, ctx: Context) -> None:
         if op.check_target:
             _recheck_resolved(ctx, target, op.target)
         if op.method == "tmpfs":
-            sc.mount("tmpfs", fsutil.fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
-                     f"size={op.size},mode=755,uid={op.uid},gid={op.gid}")
+            _keep_mount(ctx, op.target, _mount_cache_tmpfs(ctx, op, target))
             return
         from shifter.runtime.linux import cache  # noqa: PLC0415  (only when a cache is asked for)
 
@@ -447,12 +466,34 @@ def mount_cache(op: p.MountCache, ctx: Context) -> None:
             os.close(loop_fd)  # autoclear: the mount is now the device's only user
     finally:
         os.close(target)
-    _own_cache_root(ctx, op, rdev)
+    _keep_mount(ctx, op.target, _own_cache_root(ctx, op, rdev))
 
 
-def _own_cache_root(ctx: Context, op: p.MountCache, rdev: int) -> None:
+def _mount_cache_tmpfs(ctx: Context, op: p.MountCache, target: int) -> int:
+    """A detached tmpfs attached at ``target``; the fd naming its root (for the remount)."""
+    options = {"size": str(op.size), "mode": "755", "uid": str(op.uid), "gid": str(op.gid)}
+    try:
+        fs = sc.fsmount_new("tmpfs", options, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:
+            raise
+        # Linux < 5.2: mount by fd, then re-open the new root and check it is a fresh file
+        # system owned as asked (weaker: see docs/runtime.md, "Remount").
+        data = ",".join(f"{key}={value}" for key, value in options.items())
+        sc.mount("tmpfs", fsutil.fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, data)
+        return _check_reopened(_reopen_in_root(ctx, target)(), target, None, op.target)
+    try:
+        sc.move_mount(fs, target)
+    except OSError:
+        os.close(fs)
+        raise
+    return fs
+
+
+def _own_cache_root(ctx: Context, op: p.MountCache, rdev: int) -> int:
     """``chown`` the fresh file system's root to the user; refuse if the path no longer leads
-    to it (root must never chown whatever a swapped path now names)."""
+    to it (root must never chown whatever a swapped path now names).  Returns the fd of that
+    root: it names the new mount (a fresh device), which :func:`remount` then uses."""
     top = fsutil.open_in_root(ctx.root_fd, op.target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         st = os.fstat(top)
@@ -461,8 +502,44 @@ def _own_cache_root(ctx: Context, op: p.MountCache, rdev: int) -> None:
                               hint="do not modify the directories of your volumes while shifter starts")
         os.fchown(top, op.uid, op.gid)
         os.fchmod(top, 0o755)
-    finally:
+    except BaseException:
         os.close(top)
+        raise
+    return top
+
+
+def _attach_bind(source: int, target: int, recursive: bool, reopen: Callable[[], int]) -> int:
+    """Bind ``source`` onto ``target``; returns an fd naming the root of the new mount.
+
+    The bind is cloned detached (``open_tree``) and attached with ``move_mount``: the clone's
+    fd names exactly the mount we made, wherever its path leads later.  On kernels without
+    that API (< 5.2) we ``mount`` and ``reopen`` the target, and refuse anything but the
+    source's object on a mount other than the target's.
+    """
+    try:
+        tree = _clone_tree(source, recursive)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:
+            raise
+        _bind_fds(source, target, recursive)
+        return _check_reopened(reopen(), target, source, fsutil.real_path(target))
+    try:
+        sc.move_mount(tree, target)
+    except OSError:
+        os.close(tree)
+        raise
+    return tree
+
+
+def _clone_tree(source: int, recursive: bool) -> int:
+    try:
+        return sc.open_tree_clone(source, recursive)
+    except OSError as err:
+        # In a user namespace a plain bind of a tree with inherited (locked) submounts is
+        # refused, since it would reveal what those mounts cover: bind the whole tree.
+        if recursive or err.errno != errno.EINVAL:
+            raise
+        return sc.open_tree_clone(source, True)
 
 
 def _bind_fds(source: int, target: int, recursive: bool) -> None:
@@ -470,11 +547,28 @@ def _bind_fds(source: int, target: int, recursive: bool) -> None:
         flags = sc.MS_BIND | (sc.MS_REC if recursive else 0)
         sc.mount(fsutil.fd_path(source), fsutil.fd_path(target), None, flags)
     except OSError as err:
-        # In a user namespace a plain bind of a tree with inherited (locked) submounts is
-        # refused, since it would reveal what those mounts cover: bind the whole tree.
-        if recursive or err.errno != errno.EINVAL:
+        if recursive or err.errno != errno.EINVAL:  # see _clone_tree
             raise
         sc.mount(fsutil.fd_path(source), fsutil.fd_path(target), None, sc.MS_BIND | sc.MS_REC)
+
+
+def _reopen_in_root(ctx: Context, target: int) -> Callable[[], int]:
+    """For old kernels: re-open ``target``'s symlink-free container path (mounts followed)."""
+    return lambda: fsutil.open_in_root(ctx.root_fd, targets.inside_root(ctx.root_fd, target))
+
+
+def _check_reopened(fd: int, target: int, source: int | None, what: str) -> int:
+    """``fd`` must be a mount other than ``target``'s (showing ``source``'s object when given)."""
+    st, st_target = os.fstat(fd), os.fstat(target)
+    ok = sc.mount_id(fd) != sc.mount_id(target) and (st.st_dev, st.st_ino) != (st_target.st_dev, st_target.st_ino)
+    if ok and source is not None:
+        st_source = os.fstat(source)
+        ok = (st.st_dev, st.st_ino) == (st_source.st_dev, st_source.st_ino)
+    if not ok:
+        os.close(fd)
+        raise VolumeError(f"{what} changed while it was being mounted",
+                          hint="do not modify the directories of your volumes while shifter starts")
+    return fd
 
 
 def _open_source(op: p.Bind, ctx: Context) -> int:
@@ -546,16 +640,28 @@ def _recheck_resolved(ctx: Context, fd: int, asked: str) -> None:
 
 def remount(op: p.Remount, ctx: Context) -> None:
     """MS_BIND flags are ignored on the first bind: apply nosuid/nodev/ro with a remount,
-    keeping whatever flags the kernel has locked on the mount."""
-    fd = fsutil.open_in_root(ctx.root_fd, op.target)
+    keeping whatever flags the kernel has locked on the mount.
+
+    Through the fd kept when the mount was made (or the root's fd), never by path: by now
+    the user may have swapped a directory of their volume for a symlink, and a lookup of
+    the target would name another mount (undoing ``ro``, or skipping nosuid on this one).
+    """
+    flags = sc.MS_NOSUID | (sc.MS_NODEV if op.nodev else 0) | (sc.MS_RDONLY if op.read_only else 0)
+    if op.target == "/":
+        _remount_fd(ctx.root_fd, flags)
+        return
+    fd = ctx.mounts.pop(op.target, -1)
+    if fd < 0:
+        raise ContainerError(f"remount: nothing was mounted at {op.target}",
+                             hint="this is a bug in shifter's mount plan; please report it")
     try:
-        flags = sc.MS_NOSUID | (sc.MS_NODEV if op.nodev else 0) | (sc.MS_RDONLY if op.read_only else 0)
-        _remount_path(fsutil.fd_path(fd), flags)
+        _remount_fd(fd, flags)
     finally:
         os.close(fd)
 
 
-def _remount_path(path: str, flags: int) -> None:
+def _remount_fd(fd: int, flags: int) -> None:
+    path = fsutil.fd_path(fd)
     current = os.statvfs(path).f_flag
     for st_bit, ms_bit in _KEEP_FLAGS:
         if current & st_bit:

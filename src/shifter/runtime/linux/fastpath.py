@@ -32,14 +32,12 @@ permitted/inheritable sets, ``no_new_privs``), ``chdir``, ``execve`` with the PA
 
 Speed is the point (a prepared entry is budgeted at 10 ms, interpreter start included), so this
 module uses only built-in modules plus ``_ctypes`` (the C half of ``ctypes``; ``import ctypes``
-costs ~2.5 ms) and, when a record exists, ``shifter._fastjson``: no ``os``, no ``__future__``
-(``tests/unit/test_runtime_imports.py`` guards it).  Annotations are evaluated at definition
-time, so they use built-in types only.
+costs ~2.5 ms) and, when a record exists, ``_json`` (the C scanner of ``json``): no ``os``, no
+``__future__``, not even ``shifter._fastjson`` (``tests/unit/test_runtime_imports.py`` guards
+the list).  Annotations are evaluated at definition time: ``typing`` names are strings.
 """
 
-import errno
 import posix
-import pwd
 import sys
 
 TYPE_CHECKING = False  # typing costs milliseconds: annotations naming its types are strings
@@ -58,7 +56,10 @@ DEFAULT_COMMAND = ["/bin/sh"]  # shifter.runtime.request.DEFAULT_COMMAND
 DEFPATH = "/bin:/usr/bin"  # os.defpath: execvpe's search path when the environment has no PATH
 MAX_FILE = 1024 * 1024  # the record and the configuration are small
 
-# linux/sched.h, linux/mount.h, linux/prctl.h, linux/capability.h
+# asm-generic/errno-base.h (the errno module costs an import), linux/sched.h, linux/mount.h,
+# linux/prctl.h, linux/capability.h
+ENOENT = 2
+EINVAL = 22
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 MS_REC = 16384
@@ -226,7 +227,7 @@ def decide(req: Request, record: "Record", environ: dict[str, str], ids: tuple[i
     if not _acl_allows(fast["acl"], ids, groups):
         return None  # the full path raises the access error
     argv = _command(req, fast)
-    if argv is None:
+    if argv is None or not argv[0]:  # an empty command name: leave it to the full path's errors
         return None
     return Entry(argv, compose_env(fast, environ, req), _candidates(req, cwd, fast["workdir"]))
 
@@ -307,6 +308,8 @@ def files_unchanged(fast: "Record", uid: int) -> bool:
             return False
     home = fast["home"]
     if home is not None:
+        import pwd  # noqa: PLC0415  (built in; only for a per-user store under ~)
+
         try:
             return pwd.getpwuid(uid).pw_dir == home  # shifter.cli.shifter.caller_identity
         except KeyError:
@@ -315,14 +318,19 @@ def files_unchanged(fast: "Record", uid: int) -> bool:
 
 
 def _read_small(path: str) -> "tuple[bytes, posix.stat_result] | None":
-    """The content (up to MAX_FILE) and status of a file opened without following a symlink."""
+    """The content and status of a regular file of at most MAX_FILE bytes, opened as
+    ``config.site.load_config`` opens the configuration: no symlink, and O_NONBLOCK so that a FIFO
+    (the caller names these paths) cannot make us wait; it is not read."""
     try:
-        fd = posix.open(path, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC | posix.O_NONBLOCK
+                        | posix.O_NOCTTY)
     except OSError:
         return None
     try:
         st = posix.fstat(fd)
-        data = posix.read(fd, MAX_FILE + 1)  # one read: both files are far smaller than a page run
+        if (st.st_mode & 0o170000) != 0o100000 or st.st_size > MAX_FILE:  # S_ISREG
+            return None
+        data = posix.read(fd, MAX_FILE + 1)  # one read: a regular file this small comes whole
     except OSError:
         return None
     finally:
@@ -369,20 +377,34 @@ def read_record(environ: dict[str, str]) -> "tuple[Record, list[int]] | None":
     if record_file is None:
         return None
     data, st = record_file
-    # prepared.read_record: a regular file owned by root that nobody else can write.
-    if (st.st_mode & 0o170000) != 0o100000 or st.st_uid != 0 or st.st_mode & 0o022:
+    # prepared.read_record: a regular file (checked by _read_small) owned by root that nobody
+    # else can write.
+    if st.st_uid != 0 or st.st_mode & 0o022:
         return None
-    from shifter._fastjson import loads  # noqa: PLC0415  (only when a record exists)
-
-    try:
-        record = loads(data)
-    except ValueError:
-        return None
+    record = _json_object(data)
     if not isinstance(record, dict) or record.get("version") != RECORD_VERSION or record.get("udi_mount") != udi:
         return None
     if not isinstance(record.get("fast"), dict) or not _is_mountpoint(udi):
         return None
     return record, config_id
+
+
+def _json_object(data: bytes) -> object:
+    """``json.loads`` for the record, or ``None``: the C scanner ``json`` itself uses (as
+    ``shifter._fastjson`` does, without importing that module and ``__future__``)."""
+    import _json  # noqa: PLC0415  (only when a record exists)
+
+    class Decoder:  # the settings of a default json.JSONDecoder; no NaN/Infinity in a record
+        strict, object_hook, object_pairs_hook, parse_float, parse_int = True, None, None, float, int
+        parse_constant = None
+
+    try:
+        text = data.decode("utf-8")
+        start = len(text) - len(text.lstrip(" \t\n\r"))
+        value, end = _json.make_scanner(Decoder())(text, start)  # type: ignore[arg-type]
+    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError, TypeError):
+        return None
+    return value if not text[end:].strip(" \t\n\r") else None
 
 
 def _identity(st: "posix.stat_result") -> list[int]:
@@ -547,7 +569,7 @@ def _ignore_einval(libc: "Libc", option: int, arg: int) -> None:
     try:
         _call(libc, "prctl", option, arg, 0, 0, 0)
     except OSError as err:
-        if err.errno != errno.EINVAL:  # a capability or prctl this kernel does not know
+        if err.errno != EINVAL:  # a capability or prctl this kernel does not know
             raise
 
 
@@ -590,7 +612,7 @@ def _execvpe(argv: list[str], env: dict[str, str]) -> None:
     if "/" in file:
         posix.execve(file, argv, env)
     saved: OSError | None = None
-    last: OSError = FileNotFoundError(errno.ENOENT, "No such file or directory")
+    last: OSError = FileNotFoundError(ENOENT, "No such file or directory")
     path = env.get("PATH")
     for directory in (DEFPATH if path is None else path).split(":"):
         full = directory + file if not directory or directory.endswith("/") else f"{directory}/{file}"

@@ -51,6 +51,8 @@ _SYSCALLS = {
     "x86_64": {"pivot_root": 155, "openat2": 437, "capset": 126},
     "aarch64": {"pivot_root": 41, "openat2": 437, "capset": 91},
 }
+# The mount API of Linux 5.2 has the same numbers on every architecture.
+_NR_OPEN_TREE, _NR_MOVE_MOUNT, _NR_FSOPEN, _NR_FSCONFIG, _NR_FSMOUNT = 428, 429, 430, 431, 432
 _NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
 
 # openat2 resolve flags (linux/openat2.h)
@@ -61,6 +63,18 @@ RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
+
+# open_tree / move_mount / fsopen / fsconfig / fsmount (linux/mount.h, linux/fcntl.h)
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -155,6 +169,51 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     res = _libc.syscall(ctypes.c_long(_NR["openat2"]), ctypes.c_int(dirfd), _b(path),
                         ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     return _check(res, "openat2", path)
+
+
+def _syscall(number: int, what: str, *args: object) -> int:
+    return _check(_libc.syscall(ctypes.c_long(number), *args), what)
+
+
+def open_tree_clone(source_fd: int, recursive: bool) -> int:
+    """``open_tree(fd, "", OPEN_TREE_CLONE)``: a detached bind mount of the object behind
+    ``source_fd`` (its whole subtree when ``recursive``), as an fd naming the new mount's root.
+    Raises ``OSError(ENOSYS)`` on kernels older than 5.2."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    return _syscall(_NR_OPEN_TREE, "open_tree", ctypes.c_int(source_fd), b"", ctypes.c_uint(flags))
+
+
+def move_mount(mount_fd: int, target_fd: int) -> None:
+    """``move_mount``: attach the mount behind ``mount_fd`` on the object behind ``target_fd``.
+    ``mount_fd`` goes on naming that mount (now attached)."""
+    _syscall(_NR_MOVE_MOUNT, "move_mount", ctypes.c_int(mount_fd), b"", ctypes.c_int(target_fd), b"",
+             ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))
+
+
+def fsmount_new(fstype: str, options: dict[str, str], attr: int) -> int:
+    """``fsopen`` + ``fsconfig`` + ``fsmount``: a new, detached file system mount, as an fd
+    naming its root (attach it with :func:`move_mount`).  ``attr``: ``MOUNT_ATTR_*``.
+    Raises ``OSError(ENOSYS)`` on kernels older than 5.2."""
+    fs_fd = _syscall(_NR_FSOPEN, "fsopen", _b(fstype), ctypes.c_uint(1))  # FSOPEN_CLOEXEC
+    try:
+        for key, value in options.items():
+            _syscall(_NR_FSCONFIG, "fsconfig", ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_SET_STRING),
+                     _b(key), _b(value), ctypes.c_int(0))
+        _syscall(_NR_FSCONFIG, "fsconfig", ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_CMD_CREATE),
+                 None, None, ctypes.c_int(0))
+        return _syscall(_NR_FSMOUNT, "fsmount", ctypes.c_int(fs_fd), ctypes.c_uint(1),  # FSMOUNT_CLOEXEC
+                        ctypes.c_uint(attr))
+    finally:
+        os.close(fs_fd)
+
+
+def mount_id(fd: int) -> int:
+    """The id of the mount ``fd`` is on (``/proc/self/fdinfo``), -1 when the kernel does not say."""
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as handle:
+        for line in handle.read().splitlines():
+            if line.startswith(b"mnt_id:"):
+                return int(line[7:])
+    return -1
 
 
 # --- loop devices (linux/loop.h) ---------------------------------------------------------------

@@ -167,7 +167,7 @@ def explode(root_fd: int, path: str, user: User | None = None) -> None:
     finally:
         _restore(saved)
     try:
-        inside = _inside_root(root_fd, resolved)
+        inside = inside_root(root_fd, resolved)
         if inside == "/":
             raise ContainerError("internal error: the container root itself cannot be exploded")
         head, name = inside.rsplit("/", 1)
@@ -185,7 +185,7 @@ def explode(root_fd: int, path: str, user: User | None = None) -> None:
         os.close(resolved)
 
 
-def _inside_root(root_fd: int, fd: int) -> str:
+def inside_root(root_fd: int, fd: int) -> str:
     """The symlink-free container path of ``fd`` (the kernel's view, checked to be inside)."""
     root = fsutil.real_path(root_fd).rstrip("/")
     real = fsutil.real_path(fd)
@@ -252,4 +252,4 @@ def _bind_back(src_dir: int, name: str, dst_dir: int) -> None:
         os.close(src)
 
 
-__all__ = ["MAX_EXPLODE_ENTRIES", "ensure_target", "explode"]
+__all__ = ["MAX_EXPLODE_ENTRIES", "ensure_target", "explode", "inside_root"]
