@@ -2,7 +2,8 @@
 
 No HTTP and no SQL here: ``shifterimg`` drives it in-process (the embedded gateway) and
 the REST service will drive the same class.  Seams (constructor arguments) for tests:
-the repository (database), the registry client, the flattener and the squashfs builder.
+the repository (database), the registry client, and the conversion seams (flattener, squashfs
+builder, streamed builder) passed on to ``gateway.conversion.Converter``.
 
 Pull pipeline (see ``docs/internals.md``)::
 
@@ -26,11 +27,10 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from shifter.config.site import SiteConfig
 from shifter.convert.metadata import ImageContent, LayerBlob, build_metadata
-from shifter.convert.squashfs import SquashfsOptions, build_squashfs
 from shifter.errors import (
     AccessDeniedError,
     ImageNotFoundError,
@@ -40,6 +40,8 @@ from shifter.errors import (
     UsageError,
 )
 from shifter.gateway.acl import PUBLIC, ImageAcl
+from shifter.gateway.conversion import Converter, Flattener, SquashfsBuilder, StreamBuilder
+from shifter.gateway.listing import image_row, store_rows
 from shifter.gateway.models import ImageRecord, Status
 from shifter.gateway.progress import NullProgress, ProgressSink
 from shifter.gateway.repository import ImageRepository
@@ -50,9 +52,6 @@ from shifter.store.blobcache import BlobCache
 from shifter.store.layout import ImageStore
 from shifter.store.locks import FileLock
 
-if TYPE_CHECKING:
-    from shifter.unpack.policy import FlattenPolicy
-
 
 class Registry(Protocol):
     """What the service needs from :class:`shifter.registry.RegistryClient`."""
@@ -61,15 +60,6 @@ class Registry(Protocol):
 
     def fetch_blobs(self, ref: ImageRef, descriptors: Sequence[Any], cache: Any,
                     progress: ProgressSink) -> list[Path]: ...
-
-
-#: ``flatten(layer_paths, dest_dir)``: build the image tree in the empty directory ``dest_dir``.
-Flattener = Callable[[Sequence[Path], Path], object]
-#: ``build(tree, dest_file) -> size``: write the squashfs.
-SquashfsBuilder = Callable[[Path, Path], int]
-#: ``stream(layer_paths, dest_file) -> size``: write the squashfs straight from the layers, no
-#: tree on disk; None when this image must take the tree path (flatten + build) instead.
-StreamBuilder = Callable[[Sequence[Path], Path], "int | None"]
 
 
 class ImageService:
@@ -86,11 +76,7 @@ class ImageService:
         self.repo = repository
         self._registry_arg = registry
         self._registry: Registry | None = None
-        self._flatten = flatten or self._default_flatten
-        self._build = build or self._default_build
-        # Injected tree seams (tests) mean the tree path; else squashfsBuilder decides.
-        self._stream: StreamBuilder | None = stream or (
-            self._default_stream if flatten is None and build is None else None)
+        self.converter = Converter(config, self.store, flatten=flatten, build=build, stream=stream)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
@@ -226,15 +212,12 @@ class ImageService:
         image_id = content.image_id
         partial = publish.work_path(self.store, image_id, ".squashfs.partial")
         layers = [Path(layer.path) for layer in content.layers if layer.path is not None]
-        size = None
-        if self._stream is not None:
-            message = (f"flattening {len(layers)} layers straight into squashfs "
-                       f"({self.config.squashfs_compression})")
+
+        def report(message: str) -> None:
             self.repo.set_status(image_id, Status.CONVERTING, message)
             progress.phase("converting", message)
-            size = self._stream(layers, partial)
-        if size is None:
-            size = self._convert_via_tree(image_id, layers, partial, progress)
+
+        size = self.converter.convert(image_id, layers, partial, report)
         progress.phase("publish", f"publishing image {image_id[:12]}")
         metadata = build_metadata(content, image_type=image_type, source=tag, squashfs_size=size,
                                   compression=self.config.squashfs_compression, acl=(acl or PUBLIC).to_json())
@@ -246,23 +229,6 @@ class ImageService:
         self.cache.prune()
         progress.phase("done", f"image {image_id[:12]} is READY as {image_type}:{tag}")
         return record
-
-    def _convert_via_tree(self, image_id: str, layers: Sequence[Path], partial: Path,
-                          progress: ProgressSink) -> int:
-        """The fallback: flatten into .tmp/<id>.tree, mksquashfs it, delete the tree."""
-        tree = publish.work_path(self.store, image_id, ".tree")
-        message = f"flattening {len(layers)} layers"
-        self.repo.set_status(image_id, Status.CONVERTING, message)
-        progress.phase("converting", message)
-        with publish.writing(f"creating {tree}"):
-            tree.mkdir(mode=0o700)
-        self._flatten(layers, tree)
-        message = f"building squashfs ({self.config.squashfs_compression})"
-        self.repo.set_status(image_id, Status.CONVERTING, message)
-        progress.phase("converting", message)
-        size = self._build(tree, partial)
-        publish.remove_path(tree)
-        return size
 
     def _point_tag_if_ready(self, image_type: str, tag: str, image_id: str, caller: Caller,
                             progress: ProgressSink, *, top: str | None = None,
@@ -375,7 +341,7 @@ class ImageService:
         """One JSON-able row per tag (and per untagged image) in every store this service sees."""
         rows = self._primary_rows()
         for other in self.choice.also_search:
-            rows += _store_rows(other, "site", self.config.system)
+            rows += store_rows(other, "site", self.config.system)
         return rows
 
     def inspect(self, ref_text: str) -> dict[str, Any]:
@@ -540,48 +506,18 @@ class ImageService:
         seen: set[tuple[str, str]] = set()
         records = self.repo.list_images()
         for record in records:
-            base = _row(record.to_json(), self.choice.kind, self.config.system)
+            base = image_row(record.to_json(), self.choice.kind, self.config.system)
             for tag in record.tags:
                 rows.append({**base, "tag": tag.ref, "type": tag.type})
                 seen.add((tag.type, tag.ref))
             if not record.tags:
                 rows.append(base)
         known = {record.id for record in records}
-        for row in _store_rows(self.store, self.choice.kind, self.config.system):  # what the DB does not know
+        for row in store_rows(self.store, self.choice.kind, self.config.system):  # what the DB does not know
             if (row["type"], row["tag"]) not in seen and (row["tag"] is not None or row["id"] not in known):
                 rows.append(row)
         return rows
 
-    def _default_flatten(self, layers: Sequence[Path], dest: Path) -> object:
-        from shifter.unpack import flatten  # noqa: PLC0415  (heavy, pull only)
-        return flatten(layers, dest, self._policy())
-
-    def _policy(self) -> FlattenPolicy:
-        """The site's flattening policy (setuid bits, image size and entry limits)."""
-        from shifter.unpack.policy import FlattenPolicy  # noqa: PLC0415  (heavy, pull only)
-        return FlattenPolicy(keep_setuid=self.config.keep_setuid, max_image_bytes=self.config.max_image_size,
-                             max_image_entries=self.config.max_image_entries)
-
-    def _default_build(self, tree: Path, dest: Path) -> int:
-        options = SquashfsOptions(compression=self.config.squashfs_compression,
-                                  level=self.config.squashfs_compression_level)
-        return build_squashfs(tree, dest, options)
-
-    def _default_stream(self, layers: Sequence[Path], dest: Path) -> int | None:
-        """tar2sqfs fed straight from the layers (docs/internals.md), as ``squashfsBuilder``
-        says; ``auto``: when tar2sqfs is installed and no directory is too big for it.
-        None: take the tree + mksquashfs path."""
-        from shifter.convert import tar2sqfs  # noqa: PLC0415  (heavy, pull only)
-        from shifter.unpack.stream import plan_stream, write_tar  # noqa: PLC0415
-        builder = self.config.squashfs_builder
-        if builder == "mksquashfs" or (builder == "auto" and not tar2sqfs.tar2sqfs_available()):
-            return None
-        plan = plan_stream(layers, self._policy())
-        if builder == "auto" and plan.max_dir_entries > tar2sqfs.MAX_DIR_ENTRIES:
-            return None
-        options = SquashfsOptions(compression=self.config.squashfs_compression,
-                                  level=self.config.squashfs_compression_level)
-        return tar2sqfs.build_from_tar(lambda sink: write_tar(plan, layers, sink), dest, options)
 
 
 class _Held:
@@ -679,32 +615,6 @@ def _mb(size: int) -> str:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
-
-
-def _row(info: dict[str, Any], kind: str, system: str) -> dict[str, Any]:
-    return {"system": system, "store": kind, "type": info.get("type", "docker"),
-            "status": info.get("status", "READY"), "id": info.get("id", ""),
-            "pulled_at": info.get("pulled_at"), "tag": None, "size": info.get("size", 0),
-            "owner": info.get("owner", ""), "status_message": info.get("status_message", ""),
-            "source": info.get("source", ""), "acl": ImageAcl.from_json(info.get("acl")).to_json()}
-
-
-def _store_rows(store: ImageStore, kind: str, system: str, skip: set[str] | None = None) -> list[dict[str, Any]]:
-    """Rows for a store read through its files only (no database access): one per tag, and one
-    (``tag`` None) per READY image no tag points at (e.g. the old image of a moved tag).
-    Images in ``skip`` are left out."""
-    rows: list[dict[str, Any]] = []
-    tagged: set[str] = set()
-    for image_type, ref, image_id in store.tags():
-        tagged.add(image_id)
-        if image_id in (skip or ()) or not store.is_ready(image_id):
-            continue
-        meta = store.read_metadata(image_id)
-        rows.append({**_row(meta, kind, system), "tag": ref, "type": image_type})
-    for image_id in store.image_ids():
-        if image_id not in tagged and image_id not in (skip or ()) and store.is_ready(image_id):
-            rows.append(_row(store.read_metadata(image_id), kind, system))
-    return rows
 
 
 __all__ = ["Flattener", "ImageService", "Registry", "SquashfsBuilder", "StreamBuilder", "archive_names"]

@@ -1,0 +1,35 @@
+"""Rows for ``shifterimg images``: from the database, and from a store's files alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shifter.gateway.acl import ImageAcl
+from shifter.store.layout import ImageStore
+
+
+def image_row(info: dict[str, Any], kind: str, system: str) -> dict[str, Any]:
+    """One listing row from an image's metadata (or database record); ``tag`` still None."""
+    return {"system": system, "store": kind, "type": info.get("type", "docker"),
+            "status": info.get("status", "READY"), "id": info.get("id", ""),
+            "pulled_at": info.get("pulled_at"), "tag": None, "size": info.get("size", 0),
+            "owner": info.get("owner", ""), "status_message": info.get("status_message", ""),
+            "source": info.get("source", ""), "acl": ImageAcl.from_json(info.get("acl")).to_json()}
+
+
+def store_rows(store: ImageStore, kind: str, system: str, skip: set[str] | None = None) -> list[dict[str, Any]]:
+    """Rows for a store read through its files only (no database access): one per tag, and one
+    (``tag`` None) per READY image no tag points at (e.g. the old image of a moved tag).
+    Images in ``skip`` are left out."""
+    rows: list[dict[str, Any]] = []
+    tagged: set[str] = set()
+    for image_type, ref, image_id in store.tags():
+        tagged.add(image_id)
+        if image_id in (skip or ()) or not store.is_ready(image_id):
+            continue
+        meta = store.read_metadata(image_id)
+        rows.append({**image_row(meta, kind, system), "tag": ref, "type": image_type})
+    for image_id in store.image_ids():
+        if image_id not in tagged and image_id not in (skip or ()) and store.is_ready(image_id):
+            rows.append(image_row(store.read_metadata(image_id), kind, system))
+    return rows
