@@ -6,6 +6,10 @@ root tree, /etc, system mounts, volumes, remounts), and records it in ``<udiMoun
 ``shifter`` run by that user with the same image, volumes and modules then only needs a user
 and mount namespace and a chroot.  ``shifter-teardown`` detaches every mount of the tree; the
 autoclear loop device goes with the last mount.
+
+Being in the host mount namespace, the tree is closed to other users: its root is mode 0700
+plus an ACL entry for the user (``executor._allow_only``), and the image is mounted under a
+root-only guard at ``loopMount``, detached as soon as the tree holds its binds.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from shifter.errors import ContainerError, ShifterError, UsageError
+
+TYPE_CHECKING = False  # the plan module only for annotations: teardown stays light
+if TYPE_CHECKING:
+    from shifter.runtime.plan import Plan
 
 
 def _require_root(prog: str) -> None:
@@ -30,6 +38,28 @@ def _private_mountpoint(path: str) -> None:
 
     sc.mount(path, path, None, sc.MS_BIND)
     sc.mount(None, path, None, sc.MS_PRIVATE)
+
+
+def _guard_loop_mount(loop_mount: str, image_dir: str) -> None:
+    """A root-only (0700) tmpfs at ``loopMount`` holding ``image_dir``, to mount the image on.
+
+    The tree is built in the host mount namespace: mounted at ``loopMount`` itself, the image
+    (a private one included) would be readable by every user while setup runs, and an fd opened
+    then keeps it readable afterwards.  Under this guard only root reaches it; once the tree is
+    built the guard and the image mount are detached (:func:`_detach`).
+    """
+    from shifter.runtime.linux import syscalls as sc  # noqa: PLC0415
+
+    sc.mount("tmpfs", loop_mount, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=700,size=16k")
+    os.mkdir(image_dir, 0o700)
+
+
+def _detach(path: str, count: int) -> None:
+    """Lazily unmount the top ``count`` mounts at ``path`` (each with everything below it)."""
+    from shifter.runtime.linux import syscalls as sc  # noqa: PLC0415
+
+    for _ in range(count):
+        sc.umount2(path, sc.MNT_DETACH | sc.UMOUNT_NOFOLLOW)
 
 
 def detach_all(path: str) -> int:
@@ -49,10 +79,12 @@ def detach_all(path: str) -> int:
 
 def setup(argv: Sequence[str]) -> int:
     """Build and record the prepared container."""
-    from shifter.cli.shifter import caller_identity, warn  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
+
+    from shifter.cli.shifter import caller_identity  # noqa: PLC0415
     from shifter.config.site import config_path, load_config  # noqa: PLC0415
     from shifter.runtime import etc, prepared  # noqa: PLC0415
-    from shifter.runtime.linux import executor, fastpath  # noqa: PLC0415
+    from shifter.runtime.linux import fastpath  # noqa: PLC0415
     from shifter.runtime.options import parse_options  # noqa: PLC0415
     from shifter.runtime.plan import Plan, container_groups, tree_ops, user_ids  # noqa: PLC0415
     from shifter.runtime.request import spec_from_options  # noqa: PLC0415
@@ -70,17 +102,37 @@ def setup(argv: Sequence[str]) -> int:
         raise ContainerError(f"a container is already prepared at {config.udi_mount}",
                              hint="run shifter-teardown first")
     groups = container_groups(spec.identity, config)
-    ops = tree_ops(spec, config, etc.group_names(groups), etc.read_site_etc(config.etc_path))
-    for path in (config.loop_mount, config.udi_mount):
-        _private_mountpoint(path)
-    try:
-        executor.run(Plan(tuple(ops), user_ids(spec, config)), warn)
-    except ShifterError:
-        teardown_paths(config.udi_mount, config.loop_mount)
-        raise
+    # The image goes below a root-only guard at loopMount (see _guard_loop_mount).
+    ops = tree_ops(spec, dataclasses.replace(config, loop_mount=_image_dir(config.loop_mount)),
+                   etc.group_names(groups), etc.read_site_etc(config.etc_path), prepared=True)
+    _build_tree(config.udi_mount, config.loop_mount, Plan(tuple(ops), user_ids(spec, config)))
     fast = prepared.fast_section(opts, spec, config, config_state)
     prepared.write_record(config, prepared.make_record(spec, config, fast=fast))
     return 0
+
+
+def _image_dir(loop_mount: str) -> str:
+    return os.path.join(loop_mount, "image")
+
+
+def _build_tree(udi_mount: str, loop_mount: str, plan: Plan) -> None:
+    """Run ``plan`` in the host mount namespace; on failure, detach whatever it mounted."""
+    from shifter.cli.shifter import warn  # noqa: PLC0415
+    from shifter.runtime.linux import executor  # noqa: PLC0415
+
+    try:
+        for path in (loop_mount, udi_mount):
+            _private_mountpoint(path)
+        _guard_loop_mount(loop_mount, _image_dir(loop_mount))
+        executor.run(plan, warn)
+        # The tree's binds keep the image alive: the guard and the image mount go now.
+        _detach(loop_mount, 2)
+    except (ShifterError, OSError) as err:
+        teardown_paths(udi_mount, loop_mount)
+        if isinstance(err, ShifterError):
+            raise
+        raise ContainerError(f"cannot prepare the mounts at {loop_mount} and {udi_mount}: {err.strerror}",
+                             hint="udiMount and loopMount must be directories (see udiRoot.conf)") from None
 
 
 def _state_or_none(state: Callable[[str], list[int] | None], path: str) -> list[int] | None:

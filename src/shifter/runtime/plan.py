@@ -69,13 +69,19 @@ class MountImage(Record):
 
 
 class MountRootTmpfs(Record):
-    """A fresh tmpfs at ``root`` (host path) that becomes the container's ``/``."""
+    """A fresh tmpfs at ``root`` (host path) that becomes the container's ``/``.
+
+    ``only_for``: a uid (>= 0) for a tree built in the *host* mount namespace (``shifter-setup``):
+    the root is then closed to everyone but root and that user (``options`` give it mode 0700 and
+    the executor adds a POSIX ACL entry granting the user r-x), since every path into the tree
+    (volumes, perNodeCache, the image) goes through it."""
 
     @property
     def phase(self) -> str:
         return "root"
     root: str
     options: str = "mode=755,size=64m"
+    only_for: int = -1
 
 
 class PopulateRoot(Record):
@@ -249,17 +255,18 @@ def image_ops(spec: ContainerSpec, config: SiteConfig) -> list[Op]:
 
 
 def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
-             site_etc: Mapping[str, str] | None = None) -> list[Op]:
+             site_etc: Mapping[str, str] | None = None, *, prepared: bool = False) -> list[Op]:
     """Image, root tree, system mounts, volumes and remounts: everything up to entering the root.
 
-    Shared by private containers and by ``shifter-setup`` (which runs it in the host mount
-    namespace and stops there).
+    Shared by private containers and by ``shifter-setup`` (``prepared``: it runs them in the host
+    mount namespace and stops there; the root is then closed to other users).
     """
     ident = spec.identity
     files = etc.generate_etc_files(ident, container_groups(ident, config), names, site_etc)
     root = config.udi_mount
     ops: list[Op] = image_ops(spec, config)
-    ops += [MountRootTmpfs(root), PopulateRoot(config.loop_mount, root),
+    root_op = MountRootTmpfs(root, "mode=700,size=64m", only_for=ident.uid) if prepared else MountRootTmpfs(root)
+    ops += [root_op, PopulateRoot(config.loop_mount, root),
             BuildEtc(config.loop_mount, root, tuple(sorted(files.items())))]
     private = root_propagation(spec) == "slave"
     for source, target, recursive, optional in SYSTEM_BINDS:

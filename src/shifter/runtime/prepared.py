@@ -1,10 +1,11 @@
 """Prepared containers: the record ``shifter-setup`` leaves next to the tree it built.
 
 The tree lives at ``udiMount`` in the host mount namespace; the record is
-``<udiMount>.json``, written by root.  A later ``shifter`` with the same image, user, volumes
-and modules enters the tree instead of building its own.  A record is trusted only if it is
-a regular root-owned file that nobody else can write and ``udiMount`` really is a mount
-point; anything else is ignored (the caller then gets a private container).
+``<udiMount>.json``, written by root (readable by root and the user's group only).  A later
+``shifter`` with the same image, user, volumes and modules enters the tree instead of building
+its own.  A record is trusted only if it is a regular root-owned file that nobody else can
+write and ``udiMount`` really is a mount point; anything else is ignored (the caller then gets
+a private container).
 
 Stdlib only: this module is on the launch path.
 """
@@ -212,12 +213,16 @@ def matching_record(spec: ContainerSpec, config: SiteConfig) -> dict[str, Any] |
 
 
 def write_record(config: SiteConfig, record: dict[str, Any]) -> None:
-    """Write the record atomically (temp file + rename), mode 0644."""
+    """Write the record atomically (temp file + rename), root-owned, mode 0640 with the group of
+    the container's user: it names their volumes and holds the image's ENV, ENTRYPOINT and CMD
+    (a private image's too), which other users must not read, as they may not enter the tree."""
     path = record_path(config)
     tmp = f"{path}.tmp.{os.getpid()}"
     import json  # noqa: PLC0415  (shifter-setup only)
 
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchown(fd, 0, int(record["gid"]))
+    os.fchmod(fd, 0o640)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=1)
         handle.flush()

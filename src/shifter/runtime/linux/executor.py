@@ -107,6 +107,8 @@ def _hint(op: p.Op, err: OSError) -> str:
         return "squashfuse and a usable /dev/fuse (mode 0666) are needed to run unprivileged"
     if isinstance(op, p.MountRootTmpfs | p.MountImage) and err.errno == errno.ENOENT:
         return "the site's udiMount/loopMount directories must exist (see udiRoot.conf)"
+    if isinstance(op, p.MountRootTmpfs) and err.errno == errno.EOPNOTSUPP:
+        return "a prepared container needs a kernel whose tmpfs has POSIX ACLs (CONFIG_TMPFS_POSIX_ACL)"
     return ""
 
 
@@ -259,6 +261,36 @@ def mount_root_tmpfs(op: p.MountRootTmpfs, ctx: Context) -> None:
         os.close(target)
     # Re-open: the fd must name the new tmpfs, not the directory underneath it.
     ctx.root_fd = _open_dir(op.root)
+    if op.only_for > 0:  # a prepared tree for a user (mode 0700 already keeps root's own to root)
+        _allow_only(ctx.root_fd, op.only_for)
+
+
+# POSIX ACL xattr (linux/posix_acl_xattr.h): version 2, then (tag, perm, id) entries sorted by tag.
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_NO_ID = 0xFFFFFFFF
+
+
+def _allow_only(root_fd: int, uid: int) -> None:
+    """Let ``uid`` (and root) into a root tmpfs mounted with mode 0700, and nobody else.
+
+    A prepared tree lives in the host mount namespace: any user who can reach ``udiMount`` could
+    otherwise walk into it and read the volumes (opened with the owner's rights, so past e.g. a
+    0700 home), the perNodeCache and a private image.  Every path into the tree goes through this
+    directory, so it alone is closed.  The owner needs search (and list) rights to ``chroot`` here
+    from an unprivileged user namespace (where root's files get no DAC override): an ACL entry
+    ``user:UID:r-x`` gives exactly that.  It is not made the user's directory (``uid=`` on the
+    tmpfs): its owner could rename and replace the tree's top-level entries, its ``/etc``
+    included, while root builds it, and chmod it open.
+    """
+    entries = ((_ACL_USER_OBJ, 7, _NO_ID), (_ACL_USER, 5, uid), (_ACL_GROUP_OBJ, 0, _NO_ID),
+               (_ACL_MASK, 5, _NO_ID), (_ACL_OTHER, 0, _NO_ID))
+    data = (2).to_bytes(4, "little") + b"".join(
+        tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
+        for tag, perm, ident in entries)
+    os.setxattr(fsutil.fd_path(root_fd), "system.posix_acl_access", data)
+    if stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o007:
+        raise ContainerError("the prepared container root is open to other users",
+                             hint="this is a bug in shifter; please report it")
 
 
 def populate_root(op: p.PopulateRoot, ctx: Context) -> None:

@@ -19,7 +19,9 @@ two rules:
   parent with ``O_NOFOLLOW`` and must be the very object we resolved; creation is relative to
   opened fds with ``O_EXCL``/``O_NOFOLLOW``.  Targets behind an image symlink that points out of
   the container are refused before we get here (``executor._check_target_path``), and the
-  final location is re-checked against the target rules by the executor.
+  final location is re-checked against the target rules by the executor.  The exploding tmpfs
+  is made detached (``fsmount``) and attached with ``move_mount``; filling it, creating the
+  target in it and sealing it all go through its fd, never through the path again.
 """
 
 from __future__ import annotations
@@ -70,17 +72,48 @@ def ensure_target(root_fd: int, path: str, directory: bool, user: User | None = 
             return fsutil.open_in_root(root_fd, path)
         if not explode_ok:
             raise OSError(errno.EROFS, "cannot create the target here", path)
-        os.close(parent)
-        parent = -1
-        explode(root_fd, prefix, user)
-        parent = fsutil.open_in_root(root_fd, prefix, _DIR)
-        _create_chain(parent, missing, directory)
-        # The new tmpfs only holds mount points: read-only from now on.
-        sc.mount(None, fsutil.fd_path(parent), None, _SEAL)
     finally:
-        if parent >= 0:
-            os.close(parent)
-    return fsutil.open_in_root(root_fd, path)
+        os.close(parent)
+    return _create_in_exploded(root_fd, prefix, missing, directory, user)
+
+
+def _create_in_exploded(root_fd: int, prefix: str, missing: list[str], directory: bool, user: User | None) -> int:
+    """Explode ``prefix``, create ``missing`` in the new tmpfs, seal it; an fd of the target.
+
+    Everything after the explosion goes through the fd of the tmpfs it mounted, never through
+    ``prefix`` again: ``prefix`` may run through a volume the user writes, where they can rename
+    the exploded directory away (its mounts move with it) and plant a symlink or another directory
+    under its name.  A second lookup would then make root create directories there (e.g. in a
+    site volume reached through the link) and remount *that* mount read-only, leaving the real
+    tmpfs writable.  (``test_symlink_swap_after_explode_cannot_redirect_the_seal``.)
+    """
+    top = explode(root_fd, prefix, user)
+    try:
+        _create_chain(top, missing, directory)
+        # The new tmpfs only holds mount points: read-only from now on.
+        sc.mount(None, fsutil.fd_path(top), None, _SEAL)
+        return _open_chain(top, missing)
+    finally:
+        os.close(top)
+
+
+def _open_chain(parent: int, names: list[str]) -> int:
+    """An ``O_PATH`` fd of ``names`` below directory fd ``parent``, one component at a time,
+    following no symlink (the sealed tmpfs holds what :func:`_create_chain` made; anything else
+    there is refused)."""
+    current = os.dup(parent)
+    try:
+        for name in names:
+            nxt = os.open(name, fsutil.PATH_FLAGS | os.O_NOFOLLOW, dir_fd=current)
+            os.close(current)
+            current = nxt
+            if stat.S_ISLNK(os.fstat(current).st_mode):
+                raise OSError(errno.ELOOP, "a volume target became a symlink while it was created", name)
+        found, current = current, -1
+        return found
+    finally:
+        if current >= 0:
+            os.close(current)
 
 
 def _create_as_user(parent: int, names: list[str], directory: bool, user: User | None) -> bool:
@@ -154,8 +187,9 @@ def _create_chain(parent: int, names: list[str], directory: bool) -> None:
         os.close(current)
 
 
-def explode(root_fd: int, path: str, user: User | None = None) -> None:
-    """Mount a tmpfs over the directory at container ``path`` and bind its entries back in.
+def explode(root_fd: int, path: str, user: User | None = None) -> int:
+    """Mount a tmpfs over the directory at container ``path`` and bind its entries back in;
+    returns an fd naming the root of that tmpfs (the caller closes it).
 
     The directory is opened for listing with ``user``'s rights (see :func:`_become`)."""
     saved = _become(user)
@@ -176,7 +210,7 @@ def explode(root_fd: int, path: str, user: User | None = None) -> None:
             listing = os.open(name, _DIR_NOFOLLOW, dir_fd=parent)  # as root: no new access, same object
             try:
                 _check_same(listing, resolved, path)
-                _mount_over(parent, name, listing, path)
+                return _mount_over(parent, name, listing, path)
             finally:
                 os.close(listing)
         finally:
@@ -203,26 +237,61 @@ def _check_same(a: int, b: int, path: str) -> None:
                           hint="do not modify the directories of your volumes while shifter starts")
 
 
-def _mount_over(parent: int, name: str, listing: int, path: str) -> None:
-    """The tmpfs over ``listing`` (entry ``name`` of ``parent``), then its entries bound back."""
+def _mount_over(parent: int, name: str, listing: int, path: str) -> int:
+    """The tmpfs over ``listing`` (entry ``name`` of ``parent``), then its entries bound back;
+    returns the fd naming the tmpfs's root."""
     entries = os.listdir(listing)
     if len(entries) > MAX_EXPLODE_ENTRIES:
         raise VolumeError(f"cannot create a volume target under {path}: it has {len(entries)} entries",
                           hint="mount on a directory that exists in the image, or under a smaller one")
     st = os.fstat(listing)
-    options = f"mode={stat.S_IMODE(st.st_mode) & 0o1777:o},size=8m"
+    options = {"mode": f"{stat.S_IMODE(st.st_mode) & 0o1777:o}", "size": "8m"}
     if os.geteuid() == 0:
-        options += f",uid={st.st_uid},gid={st.st_gid}"
-    sc.mount("tmpfs", fsutil.fd_path(listing), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
-    # ``listing`` still names the covered directory; a fresh lookup of ``name`` finds the tmpfs.
-    top = os.open(name, _DIR_NOFOLLOW, dir_fd=parent)
+        options.update(uid=str(st.st_uid), gid=str(st.st_gid))
+    top = _new_tmpfs(parent, name, listing, options, path)
     try:
-        if os.fstat(top).st_dev == st.st_dev or os.listdir(top):
-            raise VolumeError(f"{path} changed while the volume target was being created")
         for entry in entries:
             _bind_back(listing, entry, top)
-    finally:
+    except BaseException:
         os.close(top)
+        raise
+    return top
+
+
+def _new_tmpfs(parent: int, name: str, listing: int, options: dict[str, str], path: str) -> int:
+    """A tmpfs attached over ``listing``; the fd naming its root.
+
+    Made detached (``fsopen``/``fsmount``) and attached with ``move_mount``: the fd names exactly
+    the new mount, whatever ``name`` leads to by then (see :func:`_create_in_exploded`).
+    """
+    try:
+        fs = sc.fsmount_new("tmpfs", options, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:
+            raise
+        return _mount_tmpfs_and_reopen(parent, name, listing, options, path)
+    try:
+        sc.move_mount(fs, listing)
+    except OSError:
+        os.close(fs)
+        raise
+    return fs
+
+
+def _mount_tmpfs_and_reopen(parent: int, name: str, listing: int, options: dict[str, str], path: str) -> int:
+    """Linux < 5.2: mount by fd, then look ``name`` up again in ``parent`` (without following a
+    link) and accept only an empty directory on a device other than the covered directory's and
+    the parent's (weaker than an fd from ``fsmount``: see docs/runtime.md, "Remount")."""
+    data = ",".join(f"{key}={value}" for key, value in options.items())
+    sc.mount("tmpfs", fsutil.fd_path(listing), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, data)
+    # ``listing`` still names the covered directory; a fresh lookup of ``name`` finds the tmpfs.
+    top = os.open(name, _DIR_NOFOLLOW, dir_fd=parent)
+    devices = (os.fstat(listing).st_dev, os.fstat(parent).st_dev)
+    if os.fstat(top).st_dev in devices or os.listdir(top):
+        os.close(top)
+        raise VolumeError(f"{path} changed while the volume target was being created",
+                          hint="do not modify the directories of your volumes while shifter starts")
+    return top
 
 
 def _bind_back(src_dir: int, name: str, dst_dir: int) -> None:
