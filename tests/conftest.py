@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.images import Layer, OCILayout, busybox_entries, directory, file, layer_tar, push
+from tests.fixtures.postgres import PostgresServer, PostgresUnavailable, start_postgres
 from tests.fixtures.registry import Registry, start_registry
 
 AUTH_USER, AUTH_PASSWORD = "alice", "s3cret-pass"
@@ -33,6 +34,29 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
     reg = start_registry(tmp_path_factory.mktemp("auth-registry"), AUTH_USER, AUTH_PASSWORD)
     yield reg
     reg.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's server, started once per session).
+
+    Fails (never skips) when the server binaries are missing: CI installs them.
+    """
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as err:
+        problem = str(err)
+    else:
+        yield server
+        server.stop()
+        return
+    pytest.fail(f"PostgreSQL tests need the server: {problem}", pytrace=False)
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """The SQLAlchemy URL of a fresh, empty database on the session's PostgreSQL cluster."""
+    return postgres.create_database()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shifter.cli import gateway
+from shifter.cli import gateway, shifterimg
 from shifter.config.site import load_config
 from shifter.gateway.service import ImageService
 from shifter.gateway.stores import Caller
@@ -31,8 +31,14 @@ def test_status_recover_prune(site_config: Path, busybox_image: PushedImage,
     assert gateway.run(["recover"]) == 0
     assert "0 interrupted pull(s)" in capsys.readouterr().out
 
+    assert gateway.run(["status"]) == 0
+    assert "images           READY 1" in capsys.readouterr().out
+
+    assert gateway.run(["prune", "--max-size", "1G"]) == 0  # sizes take units, like cacheMaxSize
+    assert "removed 0 blob(s)" in capsys.readouterr().out
     assert gateway.run(["prune", "--max-size", "0"]) == 0
     assert "cache now 0 bytes" in capsys.readouterr().out
+    assert gateway.run(["prune", "--max-size", "lots"]) == 2
     # The image itself does not depend on the blob cache.
     assert service.store.is_ready(service.lookup(busybox_image.ref))
 
@@ -45,3 +51,12 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.M
     assert gateway.run(["status"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown key 'noSuchKey'" in err[0]
+
+
+def test_configured_remote_gateway_is_not_silently_ignored(site_config: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with site_config.open("a") as conf:
+        conf.write("imageGateway=https://gateway.example.org:7777\n")
+    assert shifterimg.run(["images"]) == 0
+    err = capsys.readouterr().err
+    assert "imageGateway is set (https://gateway.example.org:7777)" in err and "using the local store" in err

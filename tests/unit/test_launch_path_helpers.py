@@ -173,10 +173,10 @@ def test_config_checks_match_their_regexes() -> None:
         match = size.fullmatch(text)
         if match:
             unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[match.group(2).lower()]
-            assert site._size("k", text) == int(match.group(1)) * unit
+            assert site.parse_size("k", text) == int(match.group(1)) * unit
         else:
             with pytest.raises(ConfigError):
-                site._size("k", text)
+                site.parse_size("k", text)
     module_key = re.compile(r"^module_([A-Za-z0-9][A-Za-z0-9_-]*?)_(siteFs|siteEnv|siteEnvAppend|siteEnvPrepend|"
                             r"siteEnvUnset|conflict|userhook|roothook|copyPath|enabled)$")
     for parts in _strings(["module_", "a", "_", "-", "siteEnv", "Append", "enabled", "é", "x_"], 4):

@@ -22,8 +22,9 @@ from typing import NoReturn
 
 import click
 
-from shifter.config.site import load_config
+from shifter.config.site import load_config, parse_size
 from shifter.errors import ShifterError
+from shifter.gateway.repository import redact
 from shifter.gateway.service import ImageService
 
 PROG = "shifter-gateway"
@@ -47,7 +48,7 @@ def status(as_json: bool) -> None:
     info = {
         "store": str(service.store.root),
         "store_kind": service.choice.kind,
-        "database": service.choice.database_url,
+        "database": redact(service.choice.database_url),
         "cache": str(service.cache.root),
         "cache_bytes": service.cache.total_size(),
         "cache_max_bytes": service.config.cache_max_size,
@@ -57,7 +58,9 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
-        click.echo(f"{key:16} {value}")
+        shown = (", ".join(f"{state} {count}" for state, count in value.items()) or "none"
+                 if isinstance(value, dict) else value)
+        click.echo(f"{key:16} {shown}")
 
 
 @cli.command()
@@ -70,11 +73,12 @@ def recover() -> None:
 
 
 @cli.command()
-@click.option("--max-size", type=int, default=None, help="target size in bytes (default: cacheMaxSize)")
-def prune(max_size: int | None) -> None:
+@click.option("--max-size", default=None, help="target size, e.g. 500M or 20G (default: cacheMaxSize)")
+def prune(max_size: str | None) -> None:
     """Delete least-recently-used blobs until the cache fits its size cap."""
     service = _service()
-    removed = service.cache.prune(max_size=max_size if max_size is not None else service.config.cache_max_size)
+    limit = parse_size("--max-size", max_size) if max_size is not None else service.config.cache_max_size
+    removed = service.cache.prune(max_size=limit)
     click.echo(f"removed {len(removed)} blob(s); cache now {service.cache.total_size()} bytes")
 
 

@@ -26,6 +26,21 @@ if TYPE_CHECKING:
     from shifter.runtime.plan import Plan
 
 
+SETUP_USAGE = """\
+Usage: shifter-setup --image=[TYPE:]TAG --user=NAME [--volume=SRC:DST[:FLAGS]]... [--module=A,B|none]
+
+(root only) Build the container for that request once at udiMount, in the host mount namespace,
+and record it in <udiMount>.json.  `shifter` run by NAME with the same image, volumes and modules
+then enters it without privilege.  Remove it with shifter-teardown.
+"""
+TEARDOWN_USAGE = """\
+Usage: shifter-teardown
+
+(root only) Remove the container shifter-setup prepared: every mount at udiMount and loopMount,
+then its record.
+"""
+
+
 def _require_root(prog: str) -> None:
     if os.geteuid() != 0 or os.getuid() != 0:
         raise UsageError(f"{prog} must be run by root", hint="it builds kernel mounts for another user")
@@ -89,8 +104,14 @@ def setup(argv: Sequence[str]) -> int:
     from shifter.runtime.plan import Plan, container_groups, tree_ops, user_ids  # noqa: PLC0415
     from shifter.runtime.request import spec_from_options  # noqa: PLC0415
 
-    _require_root("shifter-setup")
     opts = parse_options([*argv, "/bin/true"], os.environ)
+    if opts.help:
+        sys.stdout.write(SETUP_USAGE)
+        return 0
+    _require_root("shifter-setup")
+    if opts.args != ("/bin/true",):
+        raise UsageError(f"unexpected arguments: {' '.join(opts.args[:-1])}",
+                         hint="shifter-setup takes options only; the command is given to shifter later")
     if not opts.user:
         raise UsageError("--user is required", hint="shifter-setup --image=IMG --user=NAME")
     # The configuration's identity before it is read: the fast path's record must describe the
@@ -152,6 +173,9 @@ def teardown(argv: Sequence[str]) -> int:
     from shifter.config.site import load_config  # noqa: PLC0415
     from shifter.runtime import prepared  # noqa: PLC0415
 
+    if list(argv) in (["-h"], ["--help"]):
+        sys.stdout.write(TEARDOWN_USAGE)
+        return 0
     _require_root("shifter-teardown")
     if argv:
         raise UsageError(f"unexpected arguments: {' '.join(argv)}",

@@ -2,8 +2,8 @@
 
 Names, options and output follow NERSC Shifter's ``shifterimg`` (``images``, ``lookup``,
 ``pull``, ``login``; ``-v``, ``-u``, ``-g``, ``-s``) so existing users and scripts feel at home.
-With no ``imageGateway`` configured the gateway's service runs in-process against the local
-store (site store if writable, else the per-user store).
+The gateway's service runs in-process against the local store (site store if writable, else the
+per-user store); ``imageGateway`` (a remote gateway) is not used yet.
 
 :func:`main` is the only place that turns a :class:`~shifter.errors.ShifterError` into
 ``shifterimg: error: <message> (hint: ...)`` on stderr and its exit code (docs/cli.md).
@@ -80,6 +80,10 @@ class App:
     def service(self) -> ImageService:
         """The embedded gateway service (opened on first use: ``login`` never opens the database)."""
         if self._service is None:
+            if self.config.image_gateway:
+                click.echo(f"{PROG}: warning: imageGateway is set ({' '.join(self.config.image_gateway)}) "
+                           "but the remote gateway client is not available yet; using the local store",
+                           err=True)
             self._service = ImageService.embedded(self.config, self.caller)
         return self._service
 

@@ -134,7 +134,7 @@ def _int(key: str, value: str) -> int:
     return number
 
 
-def _size(key: str, value: str) -> int:
+def parse_size(key: str, value: str) -> int:
     r"""``N[unit][i][b]`` with unit k/m/g/t (any case), blanks allowed around and before the unit
     (what r"\s*(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*" accepts, without ``re``)."""
     text = value.strip()
@@ -204,16 +204,16 @@ _KEYS: dict[str, tuple[str, object]] = {
     "defaultModules": ("default_modules", lambda _k, v: _split(v, ",")),
     "autoPull": ("auto_pull", _bool),
     "perNodeCachePath": ("per_node_cache_path", _abs_path),
-    "perNodeCacheSizeLimit": ("per_node_cache_size_limit", _size),
+    "perNodeCacheSizeLimit": ("per_node_cache_size_limit", parse_size),
     "userImagePath": ("user_image_path", _STR),
     "cacheDir": ("cache_dir", _abs_path),
-    "cacheMaxSize": ("cache_max_size", _size),
+    "cacheMaxSize": ("cache_max_size", parse_size),
     "databaseUrl": ("database_url", _STR),
     "squashfsCompression": ("squashfs_compression", _STR),
     "squashfsCompressionLevel": ("squashfs_compression_level", _int),
     "squashfsBuilder": ("squashfs_builder", _STR),
     "keepSetuid": ("keep_setuid", _bool),
-    "maxImageSize": ("max_image_size", _size),
+    "maxImageSize": ("max_image_size", parse_size),
     "maxImageEntries": ("max_image_entries", _int),
     "downloadConcurrency": ("download_concurrency", _int),
     "insecureRegistries": ("insecure_registries", lambda _k, v: _split(v, None)),
@@ -312,7 +312,8 @@ def _validate(config: SiteConfig) -> None:
     if config.default_image_type not in {"docker", "id", "local"}:
         raise ConfigError(f"{config.source}: defaultImageType '{config.default_image_type}' "
                           "is not an image type", hint="use docker, id or local")
-    if config.squashfs_compression not in {"gzip", "lz4", "lzo", "xz", "zstd", "lzma"}:
+    # Not lzma: mksquashfs and tar2sqfs write it, but neither the kernel nor squashfuse reads it.
+    if config.squashfs_compression not in {"gzip", "lz4", "lzo", "xz", "zstd"}:
         raise ConfigError(f"{config.source}: unsupported squashfsCompression "
                           f"'{config.squashfs_compression}'", hint="use zstd, lz4, gzip, xz or lzo")
     if config.squashfs_builder not in {"auto", "tar2sqfs", "mksquashfs"}:

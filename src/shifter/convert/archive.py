@@ -391,9 +391,13 @@ def _choose(entries: Sequence[object], names: list[list[str]], want: Sequence[st
     hits = [i for i, n in enumerate(names) if _matches(n, want)]
     if len(hits) == 1:
         return hits[0]
-    offered = ", ".join(sorted({n for group in names for n in group})) or "unnamed images"
+    found = sorted({n for group in names for n in group})
+    offered = ", ".join(found) or "unnamed images"
+    bare = next((n for n in found if ":" not in n and "/" not in n), None)
+    # An OCI ref.name is usually a bare tag: it matches the target's tag, not its name.
+    extra = f" (a bare name is a tag: e.g. docker:app:{bare})" if bare else ""
     raise ArchiveError(f"the archive holds {len(entries)} images and the target name does not pick one",
-                       hint=f"name the target like one of: {offered}")
+                       hint=f"name the target like one of: {offered}{extra}")
 
 
 def _oci_manifest(reader: _Reader, desc: Descriptor, want_platform: Platform,

@@ -2,6 +2,11 @@
 
 Only :mod:`shifter.gateway.repository` touches these classes; the service layer sees
 the frozen :class:`ImageRecord` / :class:`TagRecord` values.
+
+The same tables serve SQLite and PostgreSQL.  PostgreSQL enforces ``String(n)`` lengths
+(SQLite does not), so every length fits the largest value the code accepts (sha512 ids and
+digests), and values taken from an image (``created``) are ``Text``.  Timestamps are naive
+UTC in both (:class:`UtcDateTime`).
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, ForeignKey, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ID_LENGTH = 128  # hex of a sha512 digest (sha256: 64)
+DIGEST_LENGTH = 160  # "sha512:" + 128 hex, with room to spare
 
 
 class Status(enum.StrEnum):
@@ -37,11 +45,33 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored as naive UTC (``timestamp without time zone``) in every backend.
+
+    An aware value is converted to UTC first; a naive one is taken to be UTC already.  So
+    neither the server's ``TimeZone`` setting nor the driver's time-zone handling can shift
+    a value between SQLite and PostgreSQL.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value
+
+
 class ImageRow(Base):
     __tablename__ = "images"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex of the manifest digest
-    digest: Mapped[str] = mapped_column(String(80))
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)  # hex of the manifest digest
+    digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
     type: Mapped[str] = mapped_column(String(32), default="docker")
     source: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(16), default=Status.PENDING.value)
@@ -50,9 +80,9 @@ class ImageRow(Base):
     worker: Mapped[str] = mapped_column(String(255), default="")  # host:pid doing the work
     compressed_size: Mapped[int] = mapped_column(BigInteger, default=0)
     size: Mapped[int] = mapped_column(BigInteger, default=0)  # squashfs bytes
-    created: Mapped[str] = mapped_column(String(64), default="")  # image creation (from its config)
-    pulled_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    created: Mapped[str] = mapped_column(Text, default="")  # image creation (from its config: any length)
+    pulled_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
     acl: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
@@ -65,8 +95,8 @@ class TagRow(Base):
     owner: Mapped[str] = mapped_column(String(255), default="")
     # What the tag pointed at in the registry (an index digest for multi-platform images):
     # a HEAD request that returns the same digest proves the tag is unchanged.
-    top_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    top_digest: Mapped[str | None] = mapped_column(String(DIGEST_LENGTH), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
 
 class MetaRow(Base):
@@ -122,4 +152,4 @@ def _iso(when: dt.datetime | None) -> str | None:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
-__all__ = ["Base", "ImageRecord", "ImageRow", "MetaRow", "Status", "TagRecord", "TagRow"]
+__all__ = ["Base", "ImageRecord", "ImageRow", "MetaRow", "Status", "TagRecord", "TagRow", "UtcDateTime"]

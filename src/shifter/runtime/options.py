@@ -28,10 +28,11 @@ Run COMMAND (default /bin/sh) inside an image, as the calling user.
 
   -i, --image=[TYPE:]TAG     image to run: docker:ubuntu:22.04, ubuntu:22.04, id:<hex>,
                              local:/path (where the site allows it); default $SHIFTER_IMAGE
+                             (of type $SHIFTER_IMAGETYPE)
   -V, --volume=SRC:DST[:FLAGS]
                              bind SRC on the host to DST in the container; repeatable and
                              ';'-separated; flags: ro, perNodeCache=size=10G; default $SHIFTER_VOLUME
-      --entrypoint[=CMD]     run the image's ENTRYPOINT (or CMD) before the arguments
+      --entrypoint[=CMD]     run CMD, or the image's ENTRYPOINT, before the arguments
                              (which default to the image's CMD)
   -w, --workdir[=PATH]       start in PATH (-w needs PATH); bare --workdir: the image's WORKDIR
   -e, --env=NAME=VALUE       set a variable in the container; repeatable
@@ -39,7 +40,7 @@ Run COMMAND (default /bin/sh) inside an image, as the calling user.
   -E, --clearenv             do not pass the caller's environment into the container
   -m, --module=A,B|none      site modules to load instead of the defaults; default $SHIFTER_MODULE
       --user=NAME            (root only) run the container as user NAME
-  -v, --verbose              say what is being done
+  -v, --verbose              accepted for NERSC compatibility (no extra output yet)
   -h, --help                 show this help
 
 Options must come before COMMAND; everything from COMMAND on is passed to it unchanged.
