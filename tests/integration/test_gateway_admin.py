@@ -9,8 +9,11 @@ import pytest
 
 from shifter.cli import gateway, shifterimg
 from shifter.config.site import load_config
+from shifter.errors import AccessDeniedError, ImageNotFoundError
+from shifter.gateway.repository import ImageRepository
 from shifter.gateway.service import ImageService
-from shifter.gateway.stores import Caller
+from shifter.gateway.stores import Caller, choose_store
+from shifter.store import publish
 from tests.conftest import PushedImage
 
 pytestmark = pytest.mark.integration
@@ -60,3 +63,20 @@ def test_configured_remote_gateway_is_not_silently_ignored(site_config: Path,
     assert shifterimg.run(["images"]) == 0
     err = capsys.readouterr().err
     assert "imageGateway is set (https://gateway.example.org:7777)" in err and "using the local store" in err
+
+
+def test_user_removing_a_site_image_is_told_it_is_a_site_image(site_config: Path, busybox_image: PushedImage,
+                                                                tmp_path: Path) -> None:
+    config = load_config()
+    ImageService.embedded(config, Caller.current()).pull(busybox_image.ref, Caller.current())
+    user = Caller(uid=4242, gid=4242, username="someone", home=str(tmp_path / "someone"))
+    choice = choose_store(config, user, site_writable=False)
+    publish.ensure_layout(choice.store)
+    service = ImageService(config, choice, ImageRepository.from_url(choice.database_url))
+    assert service.lookup(busybox_image.ref)  # the user sees it...
+    with pytest.raises(AccessDeniedError, match="site store") as err:
+        service.remove(busybox_image.ref, user)  # ...but it is not theirs to remove
+    assert "gatewayAdmins" in err.value.hint
+    with pytest.raises(ImageNotFoundError):
+        service.remove("docker:nothing/here:1", user)
+    assert ImageService.embedded(config, Caller.current()).lookup(busybox_image.ref)

@@ -367,13 +367,37 @@ class ImageService:
         tag of an image goes, its files go too.
         """
         image_type, value = parse_image_arg(ref_text, self.config.default_image_type)
+        try:
+            return self._remove(image_type, str(value), caller)
+        except ImageNotFoundError:
+            self._refuse_if_in_other_store(ref_text)
+            raise
+
+    def _refuse_if_in_other_store(self, ref_text: str) -> None:
+        """A tag ``images`` shows from a store this caller cannot write (the site store, seen from a
+        per-user store): say so, instead of "not found"."""
+        for other in self.choice.also_search:
+            with contextlib.suppress(ImageNotFoundError):
+                self._find_in(other, ref_text)
+                raise AccessDeniedError(f"image {ref_text} is in the site store {other.root}, which you cannot "
+                                        "change", hint="ask a site admin (gatewayAdmins) to remove it")
+
+    def _find_in(self, store: ImageStore, ref_text: str) -> str:
+        image_type, value = parse_image_arg(ref_text, self.config.default_image_type)
+        image_id = (self._full_id(str(value), store) if image_type == "id"
+                    else store.resolve_tag(image_type, str(value)))
+        if not image_id:
+            raise ImageNotFoundError(f"image {ref_text} is not in {store.root}")
+        return image_id
+
+    def _remove(self, image_type: str, value: str, caller: Caller) -> list[str]:
         with publish.tags_lock(self.store):
             if image_type == "id":
-                image_id = self._full_id(str(value), self.store)
+                image_id = self._full_id(value, self.store)
                 self._check_owner(caller, image_id, tag_owner=None)
                 tags = [(t, r) for t, r, i in self.store.tags() if i == image_id]
             else:
-                tag = str(value)
+                tag = value
                 image_id = self._tag_target(image_type, tag)
                 found = self.repo.find_tag(image_type, tag)
                 self._check_owner(caller, image_id, tag_owner=found.owner if found else None)
