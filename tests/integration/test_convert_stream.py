@@ -34,6 +34,7 @@ from tests.fixtures.images import (
     tar_bytes,
     whiteout,
 )
+from tests.fixtures.trees import walk_lstat
 from tests.integration.test_unpack_umoci import image_layers
 
 pytestmark = [
@@ -106,24 +107,20 @@ def snapshot(root: Path) -> dict[bytes, tuple[object, ...]]:
     groups: dict[int, set[bytes]] = {}
     st = os.lstat(base)
     tree[b"."] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns if st.st_mtime < NOW_ISH else None)
-    for dirpath, dirnames, filenames in os.walk(base):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, base)
-            st = os.lstat(full)
-            mode = stat.S_IMODE(st.st_mode)
-            if stat.S_ISDIR(st.st_mode):
-                tree[rel] = ("dir", mode, st.st_mtime_ns if st.st_mtime < NOW_ISH else None)
-                continue
-            group = groups.setdefault(st.st_ino, set())
-            group.add(rel)
-            if stat.S_ISLNK(st.st_mode):
-                tree[rel] = ("symlink", 0, st.st_mtime_ns, os.readlink(full), group)
-            elif stat.S_ISREG(st.st_mode):
-                with open(full, "rb") as fh:
-                    tree[rel] = ("file", mode, st.st_mtime_ns, fh.read(), group)
-            else:
-                tree[rel] = ("special", stat.S_IFMT(st.st_mode))
+    for full, rel, st in walk_lstat(root):
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISDIR(st.st_mode):
+            tree[rel] = ("dir", mode, st.st_mtime_ns if st.st_mtime < NOW_ISH else None)
+            continue
+        group = groups.setdefault(st.st_ino, set())
+        group.add(rel)
+        if stat.S_ISLNK(st.st_mode):
+            tree[rel] = ("symlink", 0, st.st_mtime_ns, os.readlink(full), group)
+        elif stat.S_ISREG(st.st_mode):
+            with open(full, "rb") as fh:
+                tree[rel] = ("file", mode, st.st_mtime_ns, fh.read(), group)
+        else:
+            tree[rel] = ("special", stat.S_IFMT(st.st_mode))
     return {path: tuple(frozenset(x) if isinstance(x, set) else x for x in entry) for path, entry in tree.items()}
 
 

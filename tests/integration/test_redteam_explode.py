@@ -16,54 +16,18 @@ swap right after the kernel attached the tmpfs.  Each scenario runs in its own m
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_redteam_runtime import USER, needs_root, shared_base  # noqa: F401  (fixture)
+from tests.fixtures.runtime import USER, needs_root, run_scenario, shared_base, swap_scenario  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
 # Volumes, in plan order: the user's writable ``/w`` (host ``vol``, holding ``ro``, a root-owned
 # directory the user may not write), a site volume ``/other`` (the victim), and the user's ``src``
 # at ``/w/ro/new/x``, whose target must be created by exploding ``/w/ro``.
-_SCENARIO = """
-import os, sys
-from shifter.runtime import plan as p
-from shifter.runtime.linux import executor, syscalls as sc
-from shifter.errors import ShifterError
-
-base, mode, uid = sys.argv[1], sys.argv[2], int(sys.argv[3])
-privileged = mode == "privileged"
-vol = os.path.join(base, "vol")
-go_r, go_w = os.pipe()
-done_r, done_w = os.pipe()
-if os.fork() == 0:  # the user's other process, in the host's mount namespace
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    if os.read(go_r, 1):
-        os.rename(os.path.join(vol, "ro"), os.path.join(vol, "ro.old"))
-        os.symlink("/other", os.path.join(vol, "ro"))
-        os.write(done_w, b"k")
-    os._exit(0)
-ctx = executor.Context(lambda m: None, (uid, uid, ()))
-executor.enter_namespaces(p.EnterNamespaces(not privileged, uid, uid), ctx)
-root = os.path.join(base, "root")
-sc.mount("tmpfs", root, "tmpfs", 0, "mode=755")
-ctx.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-armed = []
-
-def swap_as_user():
-    if armed:
-        armed.clear()
-        os.write(go_w, b"s")
-        assert os.read(done_r, 1) == b"k"
-
-real_mount, real_move_mount = sc.mount, sc.move_mount
-
+_SCENARIO = swap_scenario("ro", """
 def swapping_mount(source, target, fstype, flags, data=None):
     real_mount(source, target, fstype, flags, data)
     if fstype == "tmpfs" and when == "attach":  # the exploding tmpfs, old-kernel path
@@ -78,10 +42,7 @@ def swapping_move_mount(*args):  # the exploding tmpfs is the first mount attach
 
 when = sys.argv[4]
 sc.mount, sc.move_mount = swapping_mount, swapping_move_mount
-if len(sys.argv) > 5:  # a kernel without open_tree/fsmount (< 5.2)
-    def enosys(*args):
-        raise OSError(38, "ENOSYS")
-    sc.open_tree_clone = sc.fsmount_new = enosys
+@NO_FSMOUNT@
 user = dict(as_user=privileged, check_target=True)
 binds = [p.Bind("user", vol, "/w", **user), p.Bind("site", os.path.join(base, "other"), "/other"),
          p.Bind("user", os.path.join(base, "src"), "/w/ro/new/x", **user)]
@@ -99,7 +60,7 @@ print(outcome, int(os.path.exists(os.path.join(base, "other/new"))), int(bool(ot
       int(bool(tmpfs & os.ST_RDONLY)), int(bool(tmpfs & os.ST_NOSUID)), int(bool(tmpfs & os.ST_NODEV)),
       int(os.path.exists(os.path.join(root, "w/ro.old/new/x/hello.txt"))),
       int(os.path.exists(os.path.join(root, "w/ro.old/keep.txt"))))
-"""
+""", argc=5)
 
 
 def _explode_scenario(base: Path, mode: str, when: str, *extra: str) -> list[str]:
@@ -111,14 +72,7 @@ def _explode_scenario(base: Path, mode: str, when: str, *extra: str) -> list[str
     (base / "src/hello.txt").write_text("the new volume\n")
     for path in (base / "root", base / "vol/ro", base / "other"):
         os.chmod(path, 0o755)
-    script = base / "scenario.py"
-    script.write_text(textwrap.dedent(_SCENARIO))
-    os.chmod(script, 0o644)
-    ids = {} if mode == "privileged" else {"user": USER, "group": USER, "extra_groups": []}
-    res = subprocess.run([sys.executable, str(script), str(base), mode, str(USER), when, *extra], capture_output=True,
-                         text=True, check=False, timeout=120, cwd="/", **ids)  # type: ignore[call-overload]
-    assert res.returncode == 0, res.stderr
-    return res.stdout.split()
+    return run_scenario(base, _SCENARIO, mode, when, *extra)
 
 
 @needs_root

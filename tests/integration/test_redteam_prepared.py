@@ -23,16 +23,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_runtime_security import (
+from tests.fixtures.runtime import (
     IS_ROOT,
     SHIFTER,
     TEST_UID,
     TEST_USER,
-    _build_rootfs,
-    _ensure_user,
-    _env,
-    _publish,
+    build_rootfs,
+    ensure_user,
+    loop_devices,
     needs_tools,
+    publish,
+    shifter_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,7 @@ def _tag(store: Path, ref: str) -> Path:
 def site() -> Iterator[Site]:
     if not IS_ROOT:
         pytest.skip("needs root")
-    _ensure_user()
+    ensure_user()
     _ensure_other_user()
     os.chmod("/dev/fuse", 0o666)
     base = Path(tempfile.mkdtemp(prefix="shifter-prep-", dir="/tmp"))
@@ -84,11 +85,11 @@ def site() -> Iterator[Site]:
     for path in (store / "tags/docker", users / "tags/docker", udi, loop, base / "cache"):
         path.mkdir(parents=True)
     rootfs = base / "rootfs"
-    _build_rootfs(rootfs)
-    _publish(store, rootfs, "docker.io/library/secret:prep", PRIVATE_ID)
+    build_rootfs(rootfs)
+    publish(store, rootfs, "docker.io/library/secret:prep", PRIVATE_ID)
     _private_acl(store, PRIVATE_ID, [TEST_UID])  # only the victim may use it
-    _publish(users, rootfs, "docker.io/library/mine:meta", META_ID)
-    _publish(users, rootfs, "docker.io/library/mine:tag", TAG_ID)
+    publish(users, rootfs, "docker.io/library/mine:meta", META_ID)
+    publish(users, rootfs, "docker.io/library/mine:tag", TAG_ID)
     config = base / "udiRoot.conf"
     config.write_text(f"imagePath={store}\nudiMount={udi}\nloopMount={loop}\nautoPull=0\nuserImagePath={users}\n"
                       f"maxGroupCount=8\nperNodeCachePath={base / 'cache'}\n")
@@ -118,12 +119,12 @@ def site() -> Iterator[Site]:
 
 
 def _run_tool(config: Path, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / tool), *args], env=_env(config), capture_output=True, text=True,
+    return subprocess.run([str(VENV_BIN / tool), *args], env=shifter_env(config), capture_output=True, text=True,
                           timeout=120, check=False, cwd="/")
 
 
 def _as(site: Site, user: str, cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    env = [f"{k}={v}" for k, v in _env(site.config, USER=user).items()]
+    env = [f"{k}={v}" for k, v in shifter_env(site.config, USER=user).items()]
     return subprocess.run(["runuser", "-u", user, "--", "env", "-i", *env, *cmd], cwd="/", capture_output=True,
                           text=True, timeout=60, check=False)
 
@@ -143,8 +144,7 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 def _loop_devices(site: Site) -> list[str]:
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
-    return [line for line in out.splitlines() if str(site.root) in line or PRIVATE_ID in line]
+    return loop_devices(str(site.root), PRIVATE_ID)
 
 
 # What another user tries on the node: list and read the record and through the tree, the image at

@@ -12,18 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.runtime import USER, needs_root, run_scenario, shared_base, swap_scenario  # noqa: F401  (fixture)
+
 pytestmark = pytest.mark.integration
 
-IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (mount namespaces, loop devices)")
-USER = 2001
 
 # The scenario: a container root (tmpfs) holding a directory root owns (``/c``, standing in for
 # a host directory reachable in the container: /dev/shm, a site volume, ...) and a directory
@@ -107,42 +104,7 @@ def test_per_node_cache_symlink_swap_after_mount_cannot_chown_a_host_directory(
 # ``vol``, which the user writes).  Right after the kernel mounted ``/data/sub``, the user renames
 # ``vol/sub`` away and plants ``vol/sub -> /other``.  A remount that looked ``/data/sub`` up again
 # would make ``/other`` read-only and leave the real ``/data/sub`` writable and without nosuid.
-_REMOUNT_SCENARIO = """
-import os, sys
-from shifter.runtime import plan as p
-from shifter.runtime.linux import executor, syscalls as sc
-from shifter.errors import ShifterError
-
-base, mode, uid = sys.argv[1], sys.argv[2], int(sys.argv[3])
-privileged = mode == "privileged"
-vol = os.path.join(base, "vol")
-# The user's other process, in the host's mount namespace (where vol/sub is no mount point):
-# it swaps when told to and says when it is done.
-go_r, go_w = os.pipe()
-done_r, done_w = os.pipe()
-if os.fork() == 0:
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    if os.read(go_r, 1):
-        os.rename(os.path.join(vol, "sub"), os.path.join(vol, "sub.old"))
-        os.symlink("/other", os.path.join(vol, "sub"))
-        os.write(done_w, b"k")
-    os._exit(0)
-ctx = executor.Context(lambda m: None, (uid, uid, ()))
-executor.enter_namespaces(p.EnterNamespaces(not privileged, uid, uid), ctx)
-root = os.path.join(base, "root")
-sc.mount("tmpfs", root, "tmpfs", 0, "mode=755")
-ctx.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-armed = []
-
-def swap_as_user():
-    if armed:
-        armed.clear()
-        os.write(go_w, b"s")
-        assert os.read(done_r, 1) == b"k"
-
-real_mount, real_move_mount = sc.mount, sc.move_mount
-
+_REMOUNT_SCENARIO = swap_scenario("sub", """
 def swapping_mount(*args, **kw):
     real_mount(*args, **kw)
     swap_as_user()
@@ -152,10 +114,7 @@ def swapping_move_mount(*args):
     swap_as_user()
 
 sc.mount, sc.move_mount = swapping_mount, swapping_move_mount
-if len(sys.argv) > 4:  # a kernel without open_tree/fsmount (< 5.2)
-    def enosys(*args):
-        raise OSError(38, "ENOSYS")
-    sc.open_tree_clone = sc.fsmount_new = enosys
+@NO_FSMOUNT@
 user = dict(as_user=privileged, check_target=True)
 binds = [p.Bind("user", vol, "/data", **user), p.Bind("site", os.path.join(base, "other"), "/other"),
          p.Bind("user", os.path.join(base, "ro-src"), "/data/sub", read_only=True, **user)]
@@ -173,17 +132,7 @@ real = os.statvfs(os.path.join(root, "data/sub.old")).f_flag
 other = os.statvfs(os.path.join(root, "other")).f_flag
 print(outcome, int(bool(real & os.ST_RDONLY)), int(bool(real & os.ST_NOSUID)), int(bool(real & os.ST_NODEV)),
       int(bool(other & os.ST_RDONLY)))
-"""
-
-
-@pytest.fixture
-def shared_base() -> Iterator[Path]:
-    """A scratch directory every user can traverse (the unprivileged scenario runs as ``USER``)."""
-    base = Path(tempfile.mkdtemp(prefix="shifter-redteam-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    yield base
-    subprocess.run(["umount", "-l", str(base / "root")], capture_output=True, check=False)
-    shutil.rmtree(base, ignore_errors=True)
+""", argc=4)
 
 
 def _remount_scenario(base: Path, mode: str, *extra: str) -> list[str]:
@@ -194,14 +143,7 @@ def _remount_scenario(base: Path, mode: str, *extra: str) -> list[str]:
     (base / "ro-src/data.txt").write_text("read me, do not write me\n")
     for path in (base / "root", base / "other", base / "ro-src"):
         os.chmod(path, 0o755)
-    script = base / "scenario.py"
-    script.write_text(textwrap.dedent(_REMOUNT_SCENARIO))
-    os.chmod(script, 0o644)
-    ids = {} if mode == "privileged" else {"user": USER, "group": USER, "extra_groups": []}
-    res = subprocess.run([sys.executable, str(script), str(base), mode, str(USER), *extra], capture_output=True,
-                         text=True, check=False, timeout=120, cwd="/", **ids)  # type: ignore[call-overload]
-    assert res.returncode == 0, res.stderr
-    return res.stdout.split()
+    return run_scenario(base, _REMOUNT_SCENARIO, mode, *extra)
 
 
 @needs_root
@@ -209,7 +151,7 @@ def _remount_scenario(base: Path, mode: str, *extra: str) -> list[str]:
                                               ("privileged", ("no-open-tree",))],
                          ids=["privileged", "unprivileged", "privileged-kernel-without-open-tree"])
 def test_symlink_swap_in_volume_between_bind_and_remount_cannot_redirect_the_remount(
-        shared_base: Path, mode: str, kernel: tuple[str, ...]) -> None:
+        shared_base: Path, mode: str, kernel: tuple[str, ...]) -> None:  # noqa: F811
     # (Without open_tree, Linux < 5.2, the new mount is re-opened at once by the symlink-free
     # path of its mount point, which follows the rename, and checked to show the source.)
     outcome, ro, nosuid, nodev, other_ro = _remount_scenario(shared_base, mode, *kernel)

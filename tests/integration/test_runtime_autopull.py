@@ -18,7 +18,7 @@ import pytest
 
 from shifter.store.layout import ImageStore
 from tests.conftest import PushedImage
-from tests.integration.test_runtime_security import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, _ensure_user, needs_tools
+from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, ensure_user, needs_tools
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 def world() -> Iterator[Path]:
     if not IS_ROOT:
         pytest.skip("needs root (creates users, loop mounts)")
-    _ensure_user()
+    ensure_user()
     os.chmod("/dev/fuse", 0o666)
     base = Path(tempfile.mkdtemp(prefix="shifter-pull-", dir="/tmp"))
     os.chmod(base, 0o755)

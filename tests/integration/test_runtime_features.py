@@ -20,16 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_runtime_security import (
+from tests.fixtures.runtime import (
     IS_ROOT,
     SHIFTER,
     TEST_UID,
     TEST_USER,
-    _build_rootfs,
-    _ensure_user,
-    _env,
-    _publish,
+    build_rootfs,
+    ensure_user,
+    loop_devices,
     needs_tools,
+    publish,
+    shifter_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,7 @@ def _write_config(path: Path, base: Path, extra: str = "") -> None:
 def site() -> Iterator[Site]:
     if not IS_ROOT:
         pytest.skip("needs root")
-    _ensure_user()
+    ensure_user()
     _ensure_group()
     os.chmod("/dev/fuse", 0o666)
     base = Path(tempfile.mkdtemp(prefix="shifter-feat-", dir="/tmp"))
@@ -74,13 +75,13 @@ def site() -> Iterator[Site]:
     for sub in ("store/tags/docker", "userstore/tags/docker", "udi", "loop", "cache", "shared/sub"):
         (base / sub).mkdir(parents=True)
     rootfs = base / "rootfs"
-    _build_rootfs(rootfs)
+    build_rootfs(rootfs)
     (rootfs / "app").mkdir()
     (rootfs / "app/hello.txt").write_text("hello from the image\n")
     (rootfs / "lnk").symlink_to("usr")  # a link that stays inside the image
     image_id, user_id = "3" * 64, "4" * 64
-    _publish(base / "store", rootfs, "docker.io/library/busybox:feat", image_id)
-    _publish(base / "userstore", rootfs, "docker.io/library/mine:1", user_id)
+    publish(base / "store", rootfs, "docker.io/library/busybox:feat", image_id)
+    publish(base / "userstore", rootfs, "docker.io/library/mine:1", user_id)
     for dirpath, _dirs, files in os.walk(base / "userstore"):  # the user wrote this store
         for name in [dirpath, *(os.path.join(dirpath, f) for f in files)]:
             os.chown(name, TEST_UID, TEST_UID)
@@ -100,13 +101,13 @@ def site() -> Iterator[Site]:
 def run_priv(site: Site, *args: str, image: str | None = None, config: Path | None = None,
              **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SHIFTER, f"--user={TEST_USER}", f"--image={image or site.image}", *args], cwd="/",
-                          env=_env(config or site.config, **extra), capture_output=True, text=True, timeout=120,
+                          env=shifter_env(config or site.config, **extra), capture_output=True, text=True, timeout=120,
                           check=False)
 
 
 def _user_cmd(site: Site, args: tuple[str, ...], image: str | None, config: Path | None,
               extra: dict[str, str]) -> list[str]:
-    env = [f"{k}={v}" for k, v in _env(config or site.config, USER=TEST_USER, **extra).items()]
+    env = [f"{k}={v}" for k, v in shifter_env(config or site.config, USER=TEST_USER, **extra).items()]
     return ["runuser", "-u", TEST_USER, "--", "env", "-i", *env, SHIFTER, f"--image={image or site.image}",
             *args]
 
@@ -132,8 +133,7 @@ def _fstype(fields: list[str]) -> str:
 
 
 def _loop_devices(site: Site) -> list[str]:
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
-    return [line for line in out.splitlines() if str(site.root) in line or site.user_image_id in line]
+    return loop_devices(str(site.root), site.user_image_id)
 
 
 def _processes(pattern: str) -> list[int]:
@@ -197,7 +197,7 @@ def test_per_node_cache_ext4_and_nothing_left_in_the_cache_directory(site: Site)
 def test_per_node_cache_is_discarded_after_sigkill(site: Site) -> None:
     cmd = [SHIFTER, f"--user={TEST_USER}", f"--image={site.image}", "--volume=/x:/cache:perNodeCache=size=1G",
            "sleep", "60"]
-    proc = subprocess.Popen(cmd, cwd="/", env=_env(site.config))
+    proc = subprocess.Popen(cmd, cwd="/", env=shifter_env(site.config))
     _wait_for_command(proc.pid, "sleep")
     assert _loop_devices(site), "the cache's loop device should exist while the container runs"
     os.kill(proc.pid, signal.SIGKILL)
@@ -307,7 +307,7 @@ def test_missing_volume_target_behind_image_symlink_pointing_out(
 def test_user_store_image_privileged_is_served_by_squashfuse_as_the_user(site: Site) -> None:
     proc = subprocess.Popen([SHIFTER, f"--user={TEST_USER}", f"--image={site.user_image}", "sh", "-c",
                              "grep ' /bin ' /proc/self/mountinfo; cat /app/hello.txt; exec sleep 60"], cwd="/",
-                            env=_env(site.config), stdout=subprocess.PIPE, text=True)
+                            env=shifter_env(site.config), stdout=subprocess.PIPE, text=True)
     try:
         _wait_for_command(proc.pid, "sleep")
         helpers = _processes(site.user_image_id)
@@ -389,7 +389,7 @@ def test_ld_preload_and_library_path_never_reach_a_privileged_helper(
     proc = subprocess.Popen([SHIFTER, f"--user={TEST_USER}", f"--image={site.user_image}",
                              "--volume=/x:/cache:perNodeCache=size=1G", "sh", "-c",
                              "env | grep ^LD_ | sort; exec sleep 60"],
-                            cwd="/", env=_env(site.config, **loader), stdout=subprocess.PIPE, text=True)
+                            cwd="/", env=shifter_env(site.config, **loader), stdout=subprocess.PIPE, text=True)
     try:
         _wait_for_command(proc.pid, "sleep")
         helpers = _processes(site.user_image_id)
@@ -427,7 +427,7 @@ def test_site_volume_slave_propagation(site: Site, runner: Runner, flag: str) ->
         cmd = [SHIFTER, f"--user={TEST_USER}", f"--image={site.image}", *args]
     else:
         cmd = _user_cmd(site, args, None, config, {})
-    proc = subprocess.Popen(cmd, cwd="/", env=_env(config) if runner is run_priv else None,
+    proc = subprocess.Popen(cmd, cwd="/", env=shifter_env(config) if runner is run_priv else None,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sub = site.shared / "sub"
     try:
@@ -472,7 +472,7 @@ def test_supplementary_groups_are_named_in_etc_group(site: Site, runner: Runner)
 @needs_tools
 def test_prepared_container_with_user_store_image_and_cache_leaves_nothing(site: Site) -> None:
     tools = Path(SHIFTER).parent
-    env = _env(site.config)
+    env = shifter_env(site.config)
     cache = "--volume=/x:/cache:perNodeCache=size=1G"
     setup = subprocess.run([str(tools / "shifter-setup"), f"--image={site.user_image}", f"--user={TEST_USER}",
                             cache], env=env, capture_output=True, text=True, timeout=120, check=False)

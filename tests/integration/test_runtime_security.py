@@ -7,9 +7,7 @@ image is a busybox-static squashfs built here, in a store laid out as docs/inter
 
 from __future__ import annotations
 
-import json
 import os
-import pwd
 import shutil
 import signal
 import stat
@@ -17,25 +15,29 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.runtime import (
+    SHIFTER,
+    TEST_UID,
+    TEST_USER,
+    VENV_BIN,
+    build_rootfs,
+    ensure_user,
+    needs_tools,
+    publish,
+    shifter_env,
+)
+
 pytestmark = pytest.mark.integration
 
-VENV_BIN = Path(sys.executable).parent  # the venv running pytest (scripts/install.sh made it)
-SHIFTER = str(VENV_BIN / "shifter")
-TEST_USER, TEST_UID = "shiftertest", 2001
-APPLETS = ("sh", "true", "id", "cat", "ls", "touch", "sleep", "grep", "echo", "stat", "env")
 IS_ROOT = os.geteuid() == 0
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (creates users, loop mounts)")
-needs_tools = pytest.mark.skipif(not (shutil.which("mksquashfs") and shutil.which("squashfuse")
-                                      and os.path.exists("/bin/busybox")),
-                                 reason="needs mksquashfs, squashfuse and busybox-static")
 
 
 @dataclass
@@ -49,58 +51,21 @@ class Site:
     loop: Path
 
 
-def _ensure_user() -> None:
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "-u", str(TEST_UID), "-m", TEST_USER], check=True)
-
-
-def _build_rootfs(root: Path) -> None:
-    for sub in ("bin", "etc", "proc", "sys", "dev", "tmp", "var/tmp", "home", "data", "usr/bin"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy("/bin/busybox", root / "bin/busybox")
-    for applet in APPLETS:
-        (root / "bin" / applet).symlink_to("busybox")
-    shutil.copy("/bin/busybox", root / "usr/bin/busybox")  # setuid root copy
-    os.chmod(root / "usr/bin/busybox", 0o4755)
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nimageuser:x:7:7::/:/bin/sh\n")
-    (root / "etc/group").write_text("root:x:0:\n")  # ch-run (bench) binds over it
-    (root / "etc/hosts").write_text("127.0.0.1 localhost\n")  # ch-run binds over these too
-    (root / "etc/resolv.conf").write_text("")
-    (root / "etc/os-release").write_text("NAME=busybox-test\n")
-    (root / "escape").symlink_to("/etc")  # absolute link out of the root
-    (root / "data/up").symlink_to("../../../../../etc")  # relative link climbing out
-
-
-def _publish(store: Path, rootfs: Path, ref: str, image_id: str, private: bool = False) -> None:
-    squashfs = store / f"{image_id}.squashfs"
-    subprocess.run(["mksquashfs", str(rootfs), str(squashfs), "-noappend", "-quiet", "-all-root",
-                    "-comp", "lz4"], check=True, stdout=subprocess.DEVNULL)
-    meta = {"schema": 1, "status": "READY", "id": image_id, "digest": f"sha256:{image_id}", "type": "docker",
-            "source": ref, "env": ["PATH=/usr/bin:/bin"], "entrypoint": None, "cmd": ["/bin/sh"],
-            "workdir": "", "user": "", "labels": {}, "squashfs": squashfs.name,
-            "acl": {"private": private, "users": [], "groups": []}}
-    (store / f"{image_id}.json").write_text(json.dumps(meta))
-    tag = store / "tags/docker" / urllib.parse.quote(ref, safe="")
-    tag.write_text(image_id + "\n")
-
-
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     if not IS_ROOT:
         pytest.skip("needs root")
-    _ensure_user()
+    ensure_user()
     os.chmod("/dev/fuse", 0o666)  # the normal mode on clusters; no udev here
     base = Path(tempfile.mkdtemp(prefix="shifter-rt-", dir="/tmp"))
     store, udi, loop = base / "store", base / "udi", base / "loop"
     for path in (store / "tags/docker", udi, loop):
         path.mkdir(parents=True)
     rootfs = base / "rootfs"
-    _build_rootfs(rootfs)
+    build_rootfs(rootfs)
     image_id, private_id = "1" * 64, "2" * 64
-    _publish(store, rootfs, "docker.io/library/busybox:test", image_id)
-    _publish(store, rootfs, "docker.io/library/secret:1", private_id, private=True)
+    publish(store, rootfs, "docker.io/library/busybox:test", image_id)
+    publish(store, rootfs, "docker.io/library/secret:1", private_id, private=True)
     config = base / "udiRoot.conf"
     config.write_text(f"imagePath={store}\nudiMount={udi}\nloopMount={loop}\nautoPull=0\nuserImagePath=\n"
                       "maxGroupCount=8\n")
@@ -111,25 +76,21 @@ def site() -> Iterator[Site]:
             if not os.path.islink(full):
                 os.chmod(full, stat.S_IMODE(os.stat(full).st_mode) | 0o444)
     yield Site(base, config, "busybox:test", image_id, "secret:1", udi, loop)
-    subprocess.run([str(VENV_BIN / "shifter-teardown")], env=_env(config), check=False)
+    subprocess.run([str(VENV_BIN / "shifter-teardown")], env=shifter_env(config), check=False)
     shutil.rmtree(base, ignore_errors=True)
-
-
-def _env(config: Path, **extra: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "SHIFTER_CONFIG": str(config), "HOME": "/tmp", **extra}
 
 
 def run_priv(site: Site, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     """``shifter --user=shiftertest`` as root (kernel loop mount)."""
     return subprocess.run([SHIFTER, f"--user={TEST_USER}", f"--image={site.image}", *args], cwd="/",
-                          env=_env(site.config, **extra), capture_output=True, text=True, timeout=60,
+                          env=shifter_env(site.config, **extra), capture_output=True, text=True, timeout=60,
                           check=False)
 
 
 def run_user(site: Site, *args: str, image: str | None = None,
              **extra: str) -> subprocess.CompletedProcess[str]:
     """``shifter`` as the unprivileged test user (user namespace + squashfuse)."""
-    env = [f"{k}={v}" for k, v in _env(site.config, USER=TEST_USER, **extra).items()]
+    env = [f"{k}={v}" for k, v in shifter_env(site.config, USER=TEST_USER, **extra).items()]
     return subprocess.run(["runuser", "-u", TEST_USER, "--", "env", "-i", *env, SHIFTER,
                            f"--image={image or site.image}", *args], cwd="/", capture_output=True, text=True,
                           timeout=60, check=False)
@@ -156,7 +117,7 @@ def test_no_capabilities_no_new_privs_and_callers_ids(site: Site, runner) -> Non
 @needs_tools
 def test_root_without_user_runs_as_root_with_every_capability_dropped(site: Site) -> None:
     res = subprocess.run([SHIFTER, f"--image={site.image}", "sh", "-c", STATUS_SCRIPT], cwd="/",
-                         env=_env(site.config), capture_output=True, text=True, timeout=60, check=False)
+                         env=shifter_env(site.config), capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr
     assert "CapBnd:\t0000000000000000" in res.stdout and "CapPrm:\t0000000000000000" in res.stdout
     assert res.stdout.splitlines()[-3] == "0"
@@ -258,7 +219,7 @@ def test_private_image_the_user_is_not_allowed(site: Site, runner) -> None:  # t
     if runner is run_priv:
         res = subprocess.run([SHIFTER, f"--user={TEST_USER}", f"--image={site.private_image}", *args],
                              cwd="/",
-                             env=_env(site.config), capture_output=True, text=True, timeout=60, check=False)
+                             env=shifter_env(site.config), capture_output=True, text=True, timeout=60, check=False)
     else:
         res = run_user(site, *args, image=site.private_image)
     assert res.returncode == 4, res.stderr
@@ -303,12 +264,12 @@ def test_nothing_left_after_exit(site: Site, runner) -> None:  # type: ignore[no
 def test_nothing_left_after_sigkill(site: Site, unprivileged: bool) -> None:
     cmd = [SHIFTER, f"--image={site.image}", "sleep", "60"]
     if unprivileged:
-        env = [f"{k}={v}" for k, v in _env(site.config, USER=TEST_USER).items()]
+        env = [f"{k}={v}" for k, v in shifter_env(site.config, USER=TEST_USER).items()]
         cmd = ["setpriv", f"--reuid={TEST_UID}", f"--regid={TEST_UID}", "--init-groups",
                "env", "-i", *env, *cmd]
     else:
         cmd.insert(1, f"--user={TEST_USER}")
-    proc = subprocess.Popen(cmd, cwd="/", env=_env(site.config))
+    proc = subprocess.Popen(cmd, cwd="/", env=shifter_env(site.config))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # wait until the command runs inside the container
         if "sleep" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[0]:
@@ -323,7 +284,7 @@ def test_nothing_left_after_sigkill(site: Site, unprivileged: bool) -> None:
 
 @needs_tools
 def test_prepared_container_is_entered_without_privilege_and_torn_down(site: Site) -> None:
-    env = _env(site.config)
+    env = shifter_env(site.config)
     setup = subprocess.run([str(VENV_BIN / "shifter-setup"), f"--image={site.image}", f"--user={TEST_USER}"],
                            env=env, capture_output=True, text=True, timeout=60, check=False)
     try:
@@ -352,7 +313,7 @@ INSIDE_SCRIPT = ("id -u; id -g; id -G; pwd; env | sort; grep -E '^(Cap|NoNewPriv
 
 
 def _as_user(site: Site, cmd: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
-    env = [f"{k}={v}" for k, v in _env(site.config, USER=TEST_USER, LD_PRELOAD="", OMP_NUM_THREADS="4").items()]
+    env = [f"{k}={v}" for k, v in shifter_env(site.config, USER=TEST_USER, LD_PRELOAD="", OMP_NUM_THREADS="4").items()]
     return subprocess.run(["runuser", "-u", TEST_USER, "--", "env", "-i", *env, *cmd], cwd=cwd,
                           capture_output=True, text=True, timeout=60, check=False)
 
@@ -369,7 +330,7 @@ def _fast_only(site: Site, args: list[str], cwd: str) -> subprocess.CompletedPro
 
 @needs_tools
 def test_prepared_fast_path_gives_what_the_full_path_gives(site: Site) -> None:
-    env = _env(site.config)
+    env = shifter_env(site.config)
     setup = subprocess.run([str(VENV_BIN / "shifter-setup"), f"--image={site.image}", f"--user={TEST_USER}"],
                            env=env, capture_output=True, text=True, timeout=60, check=False)
     try:

@@ -31,6 +31,7 @@ from tests.fixtures.images import (
     umoci_unpack,
     whiteout,
 )
+from tests.fixtures.trees import walk_lstat
 
 pytestmark = [
     pytest.mark.integration,
@@ -97,27 +98,22 @@ def snapshot(root: Path, policy: FlattenPolicy | None) -> dict[bytes, tuple[obje
     With ``policy`` the reference tree's modes are mapped through it and its device
     nodes and FIFOs left out: exactly the documented differences.
     """
-    base = bytes(root)
     tree: dict[bytes, tuple[object, ...]] = {}
     inodes: dict[int, bytes] = {}
-    for dirpath, dirnames, filenames in os.walk(base):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, base)
-            st = os.lstat(full)
-            mode = stat.S_IMODE(st.st_mode)
-            if stat.S_ISDIR(st.st_mode):
-                perm = policy.dir_mode(mode)[0] if policy else mode
-                tree[rel] = ("dir", perm)
-            elif stat.S_ISLNK(st.st_mode):
-                tree[rel] = ("symlink", os.readlink(full), st.st_mtime_ns)
-            elif stat.S_ISREG(st.st_mode):
-                perm = policy.file_mode(mode)[0] if policy else mode
-                first = inodes.setdefault(st.st_ino, rel)
-                with open(full, "rb") as fh:
-                    tree[rel] = ("file", fh.read(), perm, st.st_mtime_ns, first if first != rel else None)
-            elif policy is None:
-                tree[rel] = ("special", stat.S_IFMT(st.st_mode))
+    for full, rel, st in walk_lstat(root):
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISDIR(st.st_mode):
+            perm = policy.dir_mode(mode)[0] if policy else mode
+            tree[rel] = ("dir", perm)
+        elif stat.S_ISLNK(st.st_mode):
+            tree[rel] = ("symlink", os.readlink(full), st.st_mtime_ns)
+        elif stat.S_ISREG(st.st_mode):
+            perm = policy.file_mode(mode)[0] if policy else mode
+            first = inodes.setdefault(st.st_ino, rel)
+            with open(full, "rb") as fh:
+                tree[rel] = ("file", fh.read(), perm, st.st_mtime_ns, first if first != rel else None)
+        elif policy is None:
+            tree[rel] = ("special", stat.S_IFMT(st.st_mode))
     return tree
 
 

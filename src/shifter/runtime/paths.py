@@ -22,6 +22,14 @@ from shifter.errors import ContainerError, VolumeError
 
 MAX_SYMLINKS = 255  # the same limit the kernel's path walk uses (MAXSYMLINKS is 40; 255 for openat2)
 
+TYPE_CHECKING = False  # typing, collections: not on the launch path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    # What a symlink leads to: the components resolved so far, and the target's components to walk next.
+    _Step = tuple[list[str], list[str]]
+    _Follow = Callable[[list[str], str, str], _Step | str]
+
 
 def container_path_parts(path: str) -> list[str]:
     """Split an absolute-or-relative container path into components, dropping ``""`` and ``"."``.
@@ -52,28 +60,13 @@ def resolve_in_root(root: str | os.PathLike[str], path: str) -> str:
     :class:`ContainerError` on a symlink loop.
     """
     root_str = os.path.abspath(os.fspath(root))
-    pending = container_path_parts(path)
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = _join(root_str, [*resolved, part])
-        target = _readlink_or_none(candidate)
-        if target is None:
-            resolved.append(part)
-            continue
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise ContainerError(f"too many levels of symbolic links resolving {path!r} in {root_str}",
-                                 hint="the image contains a symlink loop")
-        if target.startswith("/"):
-            resolved = []
-        pending = container_path_parts(target) + pending
-    return _join(root_str, resolved)
+
+    def follow(resolved: list[str], part: str, target: str) -> _Step:
+        return ([] if target.startswith("/") else resolved), container_path_parts(target)
+
+    walked = _walk(root_str, path, follow, loop_hint="the image contains a symlink loop")
+    assert not isinstance(walked, str)  # ``follow`` never stops the walk
+    return _join(root_str, walked)
 
 
 def find_escaping_symlink(root: str | os.PathLike[str], path: str) -> str | None:
@@ -86,35 +79,19 @@ def find_escaping_symlink(root: str | os.PathLike[str], path: str) -> str | None
     link as a container path, for error messages.
     """
     root_str = os.path.abspath(os.fspath(root))
-    pending = container_path_parts(path)
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if not resolved:
-                return "/"  # the path itself climbs out: treat as escaping
-            resolved.pop()
-            continue
-        candidate = _join(root_str, [*resolved, part])
-        target = _readlink_or_none(candidate)
-        if target is None:
-            resolved.append(part)
-            continue
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise ContainerError(f"too many levels of symbolic links resolving {path!r} in {root_str}")
+
+    def follow(resolved: list[str], part: str, target: str) -> _Step | str:
         link_name = "/" + "/".join([*resolved, part])
         if target.startswith("/"):
             if not _is_under(os.path.normpath(target), root_str):
                 return link_name
-            resolved = []
-            pending = container_path_parts(os.path.relpath(os.path.normpath(target), root_str)) + pending
-            continue
+            return [], container_path_parts(os.path.relpath(os.path.normpath(target), root_str))
         if _climbs_out(resolved, container_path_parts(target)):
             return link_name
-        pending = container_path_parts(target) + pending
-    return None
+        return resolved, container_path_parts(target)
+
+    walked = _walk(root_str, path, follow, climb_out="/")  # a path that itself climbs out escapes
+    return walked if isinstance(walked, str) else None
 
 
 def check_no_escaping_symlink(root: str | os.PathLike[str], path: str) -> None:
@@ -143,6 +120,42 @@ def _climbs_out(resolved: list[str], target_parts: list[str]) -> bool:
         if depth < 0:
             return True
     return False
+
+
+def _walk(root_str: str, path: str, follow: _Follow, *, climb_out: str | None = None,
+          loop_hint: str = "") -> list[str] | str:
+    """Walk ``path`` inside ``root_str`` component by component; return the components reached.
+
+    At each symlink, ``follow(resolved, part, target)`` returns either the components resolved
+    so far and the target's components to walk next, or a string that stops the walk and is
+    returned.  ``..`` stops at ``root_str``, or returns ``climb_out`` there when it is given.
+    Raises :class:`ContainerError` after :data:`MAX_SYMLINKS` links (a loop).
+    """
+    pending = container_path_parts(path)
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if not resolved and climb_out is not None:
+                return climb_out
+            if resolved:
+                resolved.pop()
+            continue
+        target = _readlink_or_none(_join(root_str, [*resolved, part]))
+        if target is None:
+            resolved.append(part)
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise ContainerError(f"too many levels of symbolic links resolving {path!r} in {root_str}",
+                                 hint=loop_hint)
+        step = follow(resolved, part, target)
+        if isinstance(step, str):
+            return step
+        resolved, more = step
+        pending = more + pending
+    return resolved
 
 
 def _join(root: str, parts: list[str]) -> str:

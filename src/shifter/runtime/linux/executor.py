@@ -300,32 +300,10 @@ def populate_root(op: p.PopulateRoot, ctx: Context) -> None:
         for entry in os.scandir(image_fd):
             if entry.name in op.skip:
                 continue
-            _place_entry(image_fd, entry.name, ctx.root_fd)
+            # Devices, fifos and sockets at the top level are not carried over.
+            fsutil.bind_entry(image_fd, entry.name, ctx.root_fd, special_files=False)
     finally:
         os.close(image_fd)
-
-
-def _place_entry(image_fd: int, name: str, root_fd: int) -> None:
-    src = os.open(name, fsutil.PATH_FLAGS | os.O_NOFOLLOW, dir_fd=image_fd)
-    try:
-        mode = os.fstat(src).st_mode
-        if stat.S_ISLNK(mode):
-            # A link is copied as a link: it is resolved later inside the container.
-            os.symlink(os.readlink(name, dir_fd=image_fd), name, dir_fd=root_fd)
-            return
-        if stat.S_ISDIR(mode):
-            os.mkdir(name, 0o755, dir_fd=root_fd)
-        elif stat.S_ISREG(mode):
-            _write_new(root_fd, name, b"")
-        else:
-            return  # devices, fifos and sockets at the top level are not carried over
-        dst = os.open(name, fsutil.PATH_FLAGS | os.O_NOFOLLOW, dir_fd=root_fd)
-        try:
-            sc.mount(fsutil.fd_path(src), fsutil.fd_path(dst), None, sc.MS_BIND | sc.MS_REC)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
 
 
 def build_etc(op: p.BuildEtc, ctx: Context) -> None:

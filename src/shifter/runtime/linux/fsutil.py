@@ -26,6 +26,35 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def bind_entry(src_dir: int, name: str, dst_dir: int, *, special_files: bool = True) -> None:
+    """Re-create entry ``name`` of ``src_dir`` in ``dst_dir``: a link as a link, anything else as
+    a recursive bind of the original onto an empty placeholder created with ``O_EXCL``.
+
+    A link is copied as a link: it is resolved later inside the container.  With
+    ``special_files=False`` devices, fifos and sockets are not carried over.
+    """
+    src = os.open(name, PATH_FLAGS | os.O_NOFOLLOW, dir_fd=src_dir)
+    try:
+        mode = os.fstat(src).st_mode
+        if stat.S_ISLNK(mode):
+            os.symlink(os.readlink(name, dir_fd=src_dir), name, dir_fd=dst_dir)
+            return
+        if stat.S_ISDIR(mode):
+            os.mkdir(name, 0o755, dir_fd=dst_dir)
+        elif stat.S_ISREG(mode) or special_files:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=dst_dir))
+        else:
+            return
+        dst = os.open(name, PATH_FLAGS | os.O_NOFOLLOW, dir_fd=dst_dir)
+        try:
+            sc.mount(fd_path(src), fd_path(dst), None, sc.MS_BIND | sc.MS_REC)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
 def open_in_root(root_fd: int, path: str, flags: int = PATH_FLAGS) -> int:
     """Open container ``path`` below ``root_fd``; symlinks never leave the root.
 

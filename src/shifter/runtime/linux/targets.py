@@ -297,28 +297,12 @@ def _mount_tmpfs_and_reopen(parent: int, name: str, listing: int, options: dict[
 def _bind_back(src_dir: int, name: str, dst_dir: int) -> None:
     """Re-create entry ``name`` of ``src_dir`` in ``dst_dir``: a link as a link, anything else as
     a recursive bind of the original onto an empty placeholder."""
-    src = os.open(name, fsutil.PATH_FLAGS | os.O_NOFOLLOW, dir_fd=src_dir)
     try:
-        mode = os.fstat(src).st_mode
-        if stat.S_ISLNK(mode):
-            os.symlink(os.readlink(name, dir_fd=src_dir), name, dir_fd=dst_dir)
-            return
-        if stat.S_ISDIR(mode):
-            os.mkdir(name, 0o755, dir_fd=dst_dir)
-        else:
-            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                             dir_fd=dst_dir))
-        dst = os.open(name, fsutil.PATH_FLAGS | os.O_NOFOLLOW, dir_fd=dst_dir)
-        try:
-            sc.mount(fsutil.fd_path(src), fsutil.fd_path(dst), None, sc.MS_BIND | sc.MS_REC)
-        finally:
-            os.close(dst)
+        fsutil.bind_entry(src_dir, name, dst_dir)
     except OSError as err:
         if err.errno == errno.ENOENT:
             return  # gone meanwhile (only possible in a volume): nothing to carry over
         raise
-    finally:
-        os.close(src)
 
 
 __all__ = ["MAX_EXPLODE_ENTRIES", "ensure_target", "explode", "inside_root"]
