@@ -34,13 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.test_runtime_security import (
+from tests.fixtures.runtime import (
     TEST_UID,
     TEST_USER,
-    _build_rootfs,
-    _ensure_user,
-    _publish,
 )
+from tests.fixtures.runtime import build_rootfs as _build_rootfs
+from tests.fixtures.runtime import ensure_user as _ensure_user
+from tests.fixtures.runtime import publish as _publish
 
 VENV_BIN = Path("/opt/shifter/venv/bin")
 AS_USER = ("python -IS exec", "shifter unprivileged", "shifter prepared", "ch-run")
