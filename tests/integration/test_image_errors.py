@@ -24,14 +24,6 @@ from tests.integration.test_shifterimg_cli import one_error_line, shifterimg, sn
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def store(site_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The site image store of a fresh site configuration (credentials under the temp HOME)."""
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
-    return site_config.parent / "images"
-
-
 def _small_image(registry: Registry, tmp_path: Path, name: str) -> str:
     layout = OCILayout(tmp_path / f"layout-{name}")
     layout.add_image("t", [layer_tar([file("etc/tiny.conf", b"tiny=1\n")])])

@@ -21,13 +21,12 @@ BUILDERS = ["mksquashfs"] + (["tar2sqfs"] if tar2sqfs.tar2sqfs_available() else 
 
 
 @pytest.fixture(params=BUILDERS)
-def store(request: pytest.FixtureRequest, site_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A site store with small image limits, converting with each squashfs builder."""
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+def store(request: pytest.FixtureRequest, store: Path, site_config: Path) -> Path:
+    """The site store (tests/integration/conftest.py) with small image limits, converting with each
+    squashfs builder."""
     with site_config.open("a") as conf:
         conf.write(f"maxImageSize=1M\nmaxImageEntries=100\nsquashfsBuilder={request.param}\n")
-    return site_config.parent / "images"
+    return store
 
 
 def _push(registry: Registry, tmp_path: Path, name: str, entries: list[Entry]) -> str:

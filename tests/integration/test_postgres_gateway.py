@@ -20,10 +20,10 @@ from tests.integration.test_pull_crash import (  # the same tests, on PostgreSQL
     test_kill_9_during_conversion_then_pull_again_recovers,
     test_two_processes_pulling_one_image_convert_it_once,
 )
-from tests.integration.test_shifterimg_cli import store, test_pull_images_lookup_inspect_rm
+from tests.integration.test_shifterimg_cli import test_pull_images_lookup_inspect_rm
 
 pytestmark = pytest.mark.integration
-__all__ = ["store", "test_kill_9_during_conversion_then_pull_again_recovers", "test_pull_images_lookup_inspect_rm",
+__all__ = ["test_kill_9_during_conversion_then_pull_again_recovers", "test_pull_images_lookup_inspect_rm",
            "test_two_processes_pulling_one_image_convert_it_once"]
 
 

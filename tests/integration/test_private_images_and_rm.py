@@ -29,14 +29,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def store(site_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The site image store of a fresh site configuration (credentials under the temp HOME)."""
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
-    return site_config.parent / "images"
-
-
 def _identity(name: str) -> Identity:
     entry = pwd.getpwnam(name)
     return Identity(entry.pw_uid, entry.pw_gid, (), name, entry.pw_dir)

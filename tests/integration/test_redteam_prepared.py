@@ -28,6 +28,7 @@ from tests.fixtures.runtime import (
     SHIFTER,
     TEST_UID,
     TEST_USER,
+    VENV_BIN,
     build_rootfs,
     ensure_user,
     loop_devices,
@@ -38,7 +39,6 @@ from tests.fixtures.runtime import (
 
 pytestmark = pytest.mark.integration
 
-VENV_BIN = Path(SHIFTER).parent
 OTHER_USER, OTHER_UID = "shiftertest2", 2002
 PRIVATE_ID, META_ID, TAG_ID = "8" * 64, "5" * 64, "7" * 64
 PACKAGE_DIR = str(Path(__file__).resolve().parents[2] / "src")

@@ -23,14 +23,6 @@ from tests.fixtures.registry import Registry, free_port
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def store(site_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The site image store of a fresh site configuration (credentials under the temp HOME)."""
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
-    return site_config.parent / "images"
-
-
 def shifterimg(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = run(list(argv))
     out, err = capsys.readouterr()
