@@ -52,8 +52,10 @@ def test_private_pull_is_stored_listed_and_enforced(capsys: pytest.CaptureFixtur
     with pytest.raises(AccessDeniedError):
         resolve_image(busybox_image.ref, config, _identity("daemon"))
 
-    # the owner (root, an admin) pulls it again without -u/-g: the latest pull sets the ACL
+    # the owner (root, an admin) pulls it again without asking: nothing changes; with --public it does
     assert shifterimg(capsys, "pull", busybox_image.ref)[0] == 0
+    assert json.loads((store / f"{image_id}.json").read_text())["acl"] == acl
+    assert shifterimg(capsys, "pull", "--public", busybox_image.ref)[0] == 0
     assert json.loads((store / f"{image_id}.json").read_text())["acl"]["private"] is False
     assert resolve_image(busybox_image.ref, config, _identity("daemon")).image_id == image_id
 

@@ -103,7 +103,9 @@ def test_owner_repull_changes_the_acl_atomically_without_downloading(env: Env) -
     assert meta_acl(service, image_id) == CAROL_ONLY.to_json() and len(env.tools.builds) == builds
     leftovers = [p.name for p in service.store.root.iterdir() if p.name.startswith(".") and p.is_file()]
     assert leftovers == []  # the temporary file of the rewrite was renamed away
-    service.pull("r.io/app:1", ALICE)  # the latest pull by the owner sets it: public again
+    service.pull("r.io/app:1", ALICE)  # a pull that asks nothing changes nothing
+    assert meta_acl(service, image_id) == CAROL_ONLY.to_json()
+    service.pull("r.io/app:1", ALICE, acl=PUBLIC)  # --public by the owner: public again
     assert meta_acl(service, image_id) == PUBLIC.to_json()
     assert service.repo.get(image_id).acl == PUBLIC.to_json()  # type: ignore[union-attr]
 
@@ -127,12 +129,31 @@ def test_someone_else_may_not_change_the_acl(env: Env) -> None:  # noqa: F811
     assert meta_acl(bob, image_id) == PUBLIC.to_json()
 
 
-def test_an_admin_may_change_anyones_acl(env: Env) -> None:  # noqa: F811
+def test_an_admin_may_change_anyones_acl_when_asking_for_it(env: Env) -> None:  # noqa: F811
     env.registry.put("r.io/app:1", {"a": "1"})
     image_id = env.service().pull("r.io/app:1", ALICE, acl=CAROL_ONLY).id
     admin = env.service(ROOT)
-    admin.pull("r.io/app:1", ROOT)
+    admin.pull("r.io/app:1", ROOT, acl=PUBLIC)
     assert meta_acl(admin, image_id) == PUBLIC.to_json()
+
+
+def test_admin_pulling_another_tag_of_a_private_digest_keeps_it_private(env: Env) -> None:  # noqa: F811
+    """The attack: a second tag of the same digest, pulled by root (an admin) for someone outside
+    the list, used to make the image public ("the latest pull wins")."""
+    env.registry.put("r.io/app:1", {"a": "1"})
+    env.registry.put("r.io/app:other", {"a": "1"})
+    image_id = env.service().pull("r.io/app:1", ALICE, acl=CAROL_ONLY).id
+    admin = env.service(ROOT)
+    assert admin.pull("r.io/app:other", ROOT).id == image_id
+    assert meta_acl(admin, image_id) == CAROL_ONLY.to_json()
+
+
+def test_someone_else_may_not_make_a_private_image_public(env: Env) -> None:  # noqa: F811
+    env.registry.put("r.io/app:1", {"a": "1"})
+    image_id = env.service().pull("r.io/app:1", ALICE, acl=CAROL_ONLY).id
+    with pytest.raises(AccessDeniedError):
+        env.service(BOB).pull("r.io/app:1", BOB, acl=PUBLIC)
+    assert meta_acl(env.service(), image_id) == CAROL_ONLY.to_json()
 
 
 def test_private_import(env: Env, tmp_path: Path) -> None:  # noqa: F811
@@ -147,9 +168,13 @@ def test_private_import(env: Env, tmp_path: Path) -> None:  # noqa: F811
     assert meta_acl(service, record.id) == CAROL_ONLY.to_json()
 
 
-def test_metadata_rewrite_keeps_mode_readable(env: Env) -> None:  # noqa: F811
+def test_metadata_rewrite_follows_the_acl(env: Env) -> None:  # noqa: F811
     env.registry.put("r.io/app:1", {"a": "1"})
     service = env.service()
     image_id = service.pull("r.io/app:1", ALICE).id
+    files = (service.store.metadata_path(image_id), service.store.squashfs_path(image_id))
+    assert all(os.stat(f).st_mode & 0o777 == 0o644 for f in files)
     service.pull("r.io/app:1", ALICE, acl=CAROL_ONLY)
-    assert os.stat(service.store.metadata_path(image_id)).st_mode & 0o777 == 0o644
+    assert all(os.stat(f).st_mode & 0o077 in (0o040, 0) for f in files)  # only the ACL's named readers
+    service.pull("r.io/app:1", ALICE, acl=PUBLIC)
+    assert all(os.stat(f).st_mode & 0o777 == 0o644 for f in files)

@@ -18,6 +18,8 @@ TYPE_CHECKING = False  # typing, collections: not on the launch path
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from shifter.runtime.spec import Identity
+
 PROG = "shifter"
 
 
@@ -79,18 +81,50 @@ def helper_env(environ: "Mapping[str, str]", privileged: bool) -> dict[str, str]
     return {k: v for k, v in environ.items() if not k.startswith("LD_")}
 
 
-def pull(request: str, privileged: bool) -> None:
+def pull_command(request: str) -> list[str]:
+    """``shifterimg pull REQUEST`` run by this interpreter in isolated mode (``-I``: no
+    ``PYTHON*`` variables, no user site, no script or working directory on ``sys.path``)."""
+    return [sys.executable, "-I", "-m", "shifter.cli.shifterimg", "pull", request]
+
+
+def pull_as(identity: "Identity") -> "tuple[dict[str, object], dict[str, str]]":
+    """``subprocess`` arguments that run a helper as ``identity`` (root acting for a user): the
+    user's groups (never gid 0), gid and uid, and the user's ``HOME``/``USER``/``LOGNAME``, so the
+    pull reads the user's credentials with the user's rights and writes where the user's own
+    pull would."""
+    groups = [g for g in identity.groups if g != 0]
+    return ({"user": identity.uid, "group": identity.gid, "extra_groups": groups},
+            {"HOME": identity.home, "USER": identity.user, "LOGNAME": identity.user})
+
+
+def pull(request: str, privileged: bool, identity: "Identity | None" = None, timeout: float | None = None) -> None:
     """Pull ``request`` with ``shifterimg pull`` in a subprocess.  Its progress goes to our
-    stderr: stdout belongs to the command that runs next."""
+    stderr: stdout belongs to the command that runs next.
+
+    Root acting for a user (``identity`` not root) pulls *as that user*: root's registry
+    credentials, store and ``gatewayAdmins`` membership never serve another user (docs/runtime.md,
+    "Threat model").  The helper starts isolated: ``-I``, ``cwd="/"``, a fixed environment.  Its
+    wait has a deadline (``autoPullTimeout``): the user can stop a process that runs as them.
+    """
     import os  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
     from shifter.errors import ContainerError  # noqa: PLC0415
 
-    cmd = [sys.executable, "-m", "shifter.cli.shifterimg", "pull", request]
+    env = helper_env(os.environ, privileged)
+    extra: dict[str, object] = {}
+    if privileged and identity is not None and identity.uid != 0:
+        extra, user_env = pull_as(identity)
+        env.update(user_env)
     sys.stdout.flush()
-    result = subprocess.run(cmd, env=helper_env(os.environ, privileged), stdin=subprocess.DEVNULL,
-                            stdout=sys.stderr.fileno(), check=False)
+    try:
+        result = subprocess.run(pull_command(request), env=env, cwd="/", stdin=subprocess.DEVNULL,
+                                stdout=sys.stderr.fileno(), check=False, timeout=timeout,
+                                **extra)  # type: ignore[call-overload]
+    except subprocess.TimeoutExpired:
+        raise ContainerError(f"pulling {request} did not finish within {timeout:g} s; it was stopped",
+                             hint=f"run 'shifterimg pull {request}' first, or ask the site to raise "
+                                  "autoPullTimeout") from None
     if result.returncode != 0:
         raise ContainerError(f"pulling {request} failed (shifterimg exit status {result.returncode})",
                              hint=f"run 'shifterimg pull {request}' to see why")
@@ -118,7 +152,7 @@ def run(argv: "Sequence[str]") -> int:
     except ImageNotInStoreError as err:
         if not config.auto_pull or not err.request:
             raise
-        pull(err.request, privileged)
+        pull(err.request, privileged, err.identity, config.auto_pull_timeout or None)
         spec = spec_from_options(opts, os.environ, config, caller, cwd)  # type: ignore[arg-type]
     launch(spec, config, warn)
 

@@ -34,7 +34,7 @@ from shifter.errors import (
     ShifterError,
     UsageError,
 )
-from shifter.gateway.acl import ImageAcl, resolve_acl
+from shifter.gateway.acl import PUBLIC, ImageAcl, resolve_acl
 from shifter.gateway.service import ImageService
 from shifter.gateway.stores import Caller
 from shifter.registry.auth import RegistryAuth
@@ -130,18 +130,28 @@ def _status_line(app: App, verb: str, arg: str, status: str) -> None:
     click.echo(f"{timestamp()} {verb} Image: {name}, status: {status}", file=app.out)
 
 
-def _requested_acl(app: App) -> ImageAcl | None:
-    """``-u``/``-g`` as a private ACL of numeric ids (unknown names: exit 2); None without them."""
-    return resolve_acl(app.users, app.groups, requester_uid=app.caller.uid)
+def _requested_acl(app: App, public: bool = False) -> ImageAcl | None:
+    """``-u``/``-g`` as a private ACL of numeric ids (unknown names: exit 2); ``--public`` as
+    PUBLIC; None when neither was given (the service's defaults apply)."""
+    acl = resolve_acl(app.users, app.groups, requester_uid=app.caller.uid)
+    if public and acl is not None:
+        raise UsageError("--public cannot go with -u/--user or -g/--group",
+                         hint="give either --public (everyone) or the users and groups who may use the image")
+    return PUBLIC if public else acl
+
+
+PUBLIC_HELP = ("Make the image usable by everyone, also when your registry credentials were used "
+               "(such pulls are private to you by default); only the image's owner or an admin may.")
 
 
 @cli.command()
 @click.argument("image", metavar="[TYPE:]IMAGE")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display, only the final status line.")
+@click.option("--public", is_flag=True, help=PUBLIC_HELP)
 @pass_app
-def pull(app: App, image: str, quiet: bool) -> None:
+def pull(app: App, image: str, quiet: bool, public: bool) -> None:
     """Pull IMAGE (e.g. docker:ubuntu:22.04, or host:5000/team/app@sha256:...) until it is READY."""
-    acl = _requested_acl(app)
+    acl = _requested_acl(app, public)
     service = app.service
     with progress_for(sys.stderr, quiet=quiet, tty=False if app.verbose else None) as sink:
         record = service.pull(image, app.caller, sink, acl=acl)
@@ -159,10 +169,12 @@ def _status(record: Any) -> str:
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("image", metavar="[TYPE:]IMAGE")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display, only the final status line.")
+@click.option("--public", is_flag=True, help="Make an existing image with this digest public again "
+                                             "(its owner or an admin only).")
 @pass_app
-def import_(app: App, archive: Path, image: str, quiet: bool) -> None:
+def import_(app: App, archive: Path, image: str, quiet: bool, public: bool) -> None:
     """Import ARCHIVE (docker save / docker-archive or OCI-layout tarball) as IMAGE, for offline sites."""
-    acl = _requested_acl(app)
+    acl = _requested_acl(app, public)
     service = app.service
     with progress_for(sys.stderr, quiet=quiet, tty=False if app.verbose else None) as sink:
         record = service.import_archive(archive, image, app.caller, sink, acl=acl)

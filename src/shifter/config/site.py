@@ -74,6 +74,7 @@ class SiteConfig(Record):
     default_modules: tuple[str, ...] = ()
     modules: tuple[ModuleConfig, ...] = ()
     auto_pull: bool = True
+    auto_pull_timeout: int = 3600  # seconds `shifter` waits for an automatic pull (0: no limit)
     # perNodeCache volumes (privileged mode): node-local directory for the sparse backing
     # files, and the largest size a user may ask for (0: no limit).
     per_node_cache_path: str = "/var/tmp"
@@ -203,6 +204,7 @@ _KEYS: dict[str, tuple[str, object]] = {
     "system": ("system", _STR),
     "defaultModules": ("default_modules", lambda _k, v: _split(v, ",")),
     "autoPull": ("auto_pull", _bool),
+    "autoPullTimeout": ("auto_pull_timeout", _int),
     "perNodeCachePath": ("per_node_cache_path", _abs_path),
     "perNodeCacheSizeLimit": ("per_node_cache_size_limit", parse_size),
     "userImagePath": ("user_image_path", _STR),

@@ -9,11 +9,17 @@ runtime compares with.
 
 Rules (``docs/internals.md``, "Private images"):
 
-* the first pull of an image sets its ACL: private when users or groups were given, else public;
-* a later pull by the image's owner or an admin sets it again (the latest such pull wins:
-  a plain pull by the owner makes a private image public again);
-* anyone else's pull never changes it: a public pull of a private image only points the tag
-  (the image stays private), and asking for a different private ACL is refused.
+* the first pull of an image sets its ACL: private when users or groups were given; private to
+  the puller when the pull sent the puller's registry credentials (the image may be licensed or
+  internal: NERSC Shifter does the same), unless ``--public`` was given; else public;
+* only an explicit request (``-u``/``-g``, or ``--public``) by the image's owner, by an admin
+  acting for themself, or in the caller's own per-user store changes it later; anyone else
+  asking is refused;
+* a pull that asks nothing never changes it: another tag of the same digest, pulled by anyone
+  (root included), only points the tag.
+
+Root acting for a user (``shifter --user`` auto-pulling) pulls *as that user* (their
+credentials, their store, their rights here): see ``docs/runtime.md``, "Threat model".
 """
 
 from __future__ import annotations
@@ -60,6 +66,12 @@ class ImageAcl:
         parts = [f"uids {','.join(map(str, sorted(set(self.users))))}" if self.users else "",
                  f"gids {','.join(map(str, sorted(set(self.groups))))}" if self.groups else ""]
         return f"private ({'; '.join(p for p in parts if p) or 'root only'})"
+
+    def allows(self, uid: int, gid: int, groups: Sequence[int] = ()) -> bool:
+        """May this user run the image?  (The runtime's rule: root always; else listed ids.)"""
+        if not self.private or uid == 0 or uid in self.users:
+            return True
+        return bool({gid, *groups}.intersection(self.groups))
 
     def same_as(self, other: ImageAcl) -> bool:
         return self.to_json() == other.to_json()

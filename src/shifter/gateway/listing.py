@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shifter.errors import AccessDeniedError
 from shifter.gateway.acl import ImageAcl
 from shifter.store.layout import ImageStore
 
@@ -27,9 +28,16 @@ def store_rows(store: ImageStore, kind: str, system: str, skip: set[str] | None 
         tagged.add(image_id)
         if image_id in (skip or ()) or not store.is_ready(image_id):
             continue
-        meta = store.read_metadata(image_id)
-        rows.append({**image_row(meta, kind, system), "tag": ref, "type": image_type})
+        rows.append({**image_row(_metadata(store, image_id), kind, system), "tag": ref, "type": image_type})
     for image_id in store.image_ids():
         if image_id not in tagged and image_id not in (skip or ()) and store.is_ready(image_id):
-            rows.append(image_row(store.read_metadata(image_id), kind, system))
+            rows.append(image_row(_metadata(store, image_id), kind, system))
     return rows
+
+
+def _metadata(store: ImageStore, image_id: str) -> dict[str, Any]:
+    """An image's metadata; a private image whose files this user may not read shows as private."""
+    try:
+        return dict(store.read_metadata(image_id))
+    except AccessDeniedError:
+        return {"id": image_id, "status": "READY", "acl": {"private": True}}

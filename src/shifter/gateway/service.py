@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import os
 import socket
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,9 +49,12 @@ from shifter.gateway.repository import ImageRepository
 from shifter.gateway.stores import Caller, StoreChoice, choose_store
 from shifter.oci.reference import ImageRef, parse_image_arg
 from shifter.store import publish
-from shifter.store.blobcache import BlobCache
+from shifter.store.blobcache import BlobCache, PrivateBlobCache
 from shifter.store.layout import ImageStore
 from shifter.store.locks import FileLock
+
+#: ``<store>/.tmp/`` directories of private imports in progress (removed by :meth:`ImageService.recover`).
+PRIVATE_IMPORT_PREFIX = "import-"
 
 
 class Registry(Protocol):
@@ -91,8 +95,11 @@ class ImageService:
              acl: ImageAcl | None = None) -> ImageRecord:
         """Pull ``ref_text`` until READY (or raise); returns the image record.
 
-        ``acl``: make the image private (``shifterimg pull -u/-g``); None is a public pull.
-        The ACL rules of :mod:`shifter.gateway.acl` decide what an existing image keeps.
+        ``acl``: what the caller asked for: a private list (``shifterimg pull -u/-g``), ``PUBLIC``
+        (``--public``), or None.  A new image gets it; with None, a pull that sent the caller's
+        registry credentials makes the image private to the caller, any other public.  An
+        existing image's list changes only on an explicit request by its owner or an admin
+        (:meth:`_settle_acl`).
         """
         progress = progress or NullProgress()
         image_type, ref = self._docker_ref(ref_text, "pull")
@@ -108,16 +115,30 @@ class ImageService:
         record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top, acl=acl)
         if record is not None:
             return record
+        new_acl = self._new_image_acl(registry, ref, caller, acl, progress)
         with self._image_lock(image_id, progress):
             record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top,
                                               acl=acl)
             if record is not None:
                 return record
             return self._pull_locked(registry, ref, resolved, image_type=image_type, caller=caller,
-                                     progress=progress, acl=acl)
+                                     progress=progress, acl=new_acl)
+
+    def _new_image_acl(self, registry: Registry, ref: ImageRef, caller: Caller, requested: ImageAcl | None,
+                       progress: ProgressSink) -> ImageAcl:
+        """The ACL of an image this pull creates (see :meth:`pull`)."""
+        if requested is not None:
+            return requested
+        used = getattr(registry, "used_credentials", None)
+        if used is None or not used(ref):
+            return PUBLIC
+        acl = ImageAcl(True, (caller.uid,) if caller.uid else (), ())
+        progress.phase("acl", f"your credentials for {ref.registry} were used: the image will be private "
+                              f"to {caller.username} (pull with --public, or -u/-g, to share it)")
+        return acl
 
     def _pull_locked(self, registry: Registry, ref: ImageRef, resolved: Any, *, image_type: str,
-                     caller: Caller, progress: ProgressSink, acl: ImageAcl | None = None) -> ImageRecord:
+                     caller: Caller, progress: ProgressSink, acl: ImageAcl = PUBLIC) -> ImageRecord:
         descriptors = list(_resolved_layers(resolved))
         image_id = _resolved_digest(resolved).split(":", 1)[1]
         with self._failure_guard(image_id):
@@ -127,11 +148,16 @@ class ImageService:
             message = f"downloading {len(descriptors)} layers ({_mb(total)}) of {ref}"
             self.repo.set_status(image_id, Status.PULLING, message, compressed_size=total)
             progress.phase("pulling", message)
-            paths = registry.fetch_blobs(ref, descriptors, self.cache, progress)
-            self.cache.touch(paths)
+            cache = self._private_cache(image_id) if acl.private else self.cache
+            paths = registry.fetch_blobs(ref, descriptors, cache, progress)
+            cache.touch(paths)
             content = _content_from_resolved(resolved, paths)
             return self._convert_and_publish(content, image_type, str(ref), caller, progress,
                                              top_digest=getattr(resolved, "top_digest", None), acl=acl)
+
+    def _private_cache(self, image_id: str) -> PrivateBlobCache:
+        """Where a private image's blobs go: its own owner-only work directory (never the shared cache)."""
+        return PrivateBlobCache(publish.work_path(self.store, image_id, ".blobs"), self.cache)
 
     # --- import ------------------------------------------------------------------------
     def import_image(self, content: ImageContent, ref_text: str, caller: Caller,
@@ -173,10 +199,22 @@ class ImageService:
         self._docker_ref(ref_text, "import")
         self.recover()  # as a pull does: also removes the temp files of imports that were killed
         progress.phase("reading", f"verifying {path} into the blob cache")
+        names = archive_names(ref_text, self.config.default_image_type)
         with self.cache.importing() as tmp_dir:
+            if acl is not None and acl.private:
+                # A private image's layers stay out of the shared cache: they go into an owner-only
+                # directory that lives (under the imports lock) until the image is converted.
+                publish.ensure_layout(self.store)
+                private = PrivateBlobCache(Path(tempfile.mkdtemp(prefix=PRIVATE_IMPORT_PREFIX,
+                                                                 dir=self.store.tmp_dir)), self.cache)
+                try:
+                    image = read_archive(path, private, private.root, platform=self._platform(),
+                                         progress=progress, names=names, max_bytes=self.config.max_image_size)
+                    return self.import_image(image.to_content(), ref_text, caller, progress, acl=acl)
+                finally:
+                    publish.remove_path(private.root)
             image = read_archive(path, self.cache, tmp_dir, platform=self._platform(), progress=progress,
-                                 names=archive_names(ref_text, self.config.default_image_type),
-                                 max_bytes=self.config.max_image_size)
+                                 names=names, max_bytes=self.config.max_image_size)
         return self.import_image(image.to_content(), ref_text, caller, progress, acl=acl)
 
     # --- the common back half ----------------------------------------------------------
@@ -221,7 +259,9 @@ class ImageService:
         progress.phase("publish", f"publishing image {image_id[:12]}")
         metadata = build_metadata(content, image_type=image_type, source=tag, squashfs_size=size,
                                   compression=self.config.squashfs_compression, acl=(acl or PUBLIC).to_json())
-        publish.publish_image(self.store, image_id, partial, metadata)
+        if not publish.publish_image(self.store, image_id, partial, metadata):
+            progress.phase("warning", _NO_POSIX_ACL.format(store=self.store.root))
+        publish.clean_work(self.store, image_id)  # a private image's blobs go now
         self._tag(image_type, tag, image_id, caller, top_digest)
         record = self.repo.set_status(image_id, Status.READY, "ready", size=size,
                                       created=str(metadata["created"]), pulled_at=_utcnow(),
@@ -254,27 +294,30 @@ class ImageService:
                     progress: ProgressSink) -> None:
         """Apply the ACL rules (:mod:`shifter.gateway.acl`) to a READY image; tags lock held.
 
-        The owner or an admin sets the ACL (``requested``, or public when None); anyone else
-        leaves it alone, and is refused when they asked for a different private ACL.
+        Only an explicit request (``requested``: ``-u``/``-g``, or ``--public``) changes the list,
+        and only from the image's owner, an admin acting for themself, or in the caller's own
+        per-user store; anyone else asking is refused.  A pull that asks nothing leaves the
+        list as it is (a second tag of the same digest never makes a private image public).
         """
         current = ImageAcl.from_json(self.store.read_metadata(image_id).get("acl"))
-        wanted = requested or PUBLIC
-        if wanted.same_as(current):
-            return
         record = self.repo.get(image_id)
         owner = record.owner if record is not None and record.owner else "unknown"
-        if caller.is_admin(self.config) or self.choice.kind == "user" or owner == caller.username:
-            publish.update_metadata(self.store, image_id, acl=wanted.to_json())
-            self.repo.set_status(image_id, Status.READY, record.status_message if record else "ready",
-                                 acl=wanted.to_json())
-            progress.phase("acl", f"image {image_id[:12]} is now {wanted.describe()}")
+        if requested is None:
+            if current.private and not current.allows(caller.uid, caller.gid, caller.groups):
+                progress.phase("warning", f"image {image_id[:12]} is {current.describe()} (owner: {owner}); "
+                                          f"{caller.username} is not on its list and cannot run it")
             return
-        if requested is not None:
-            raise AccessDeniedError(f"{caller.username} may not change who can use image {image_id[:12]} "
-                                    f"(it is {current.describe()}, owner: {owner})",
-                                    hint="only the image's owner or a gateway admin (gatewayAdmins) can")
-        progress.phase("acl", f"image {image_id[:12]} stays {current.describe()}: only its owner "
-                              f"({owner}) or an admin can change that")
+        if requested.same_as(current):
+            return
+        if self.choice.kind == "user" or owner == caller.username or caller.is_admin(self.config):
+            publish.update_metadata(self.store, image_id, acl=requested.to_json())
+            self.repo.set_status(image_id, Status.READY, record.status_message if record else "ready",
+                                 acl=requested.to_json())
+            progress.phase("acl", f"image {image_id[:12]} is now {requested.describe()}")
+            return
+        raise AccessDeniedError(f"{caller.username} may not change who can use image {image_id[:12]} "
+                                f"(it is {current.describe()}, owner: {owner})",
+                                hint="only the image's owner or a gateway admin (gatewayAdmins) can")
 
     def _adopt(self, image_id: str, caller: Caller) -> ImageRecord:
         """Record a READY image the database does not know (e.g. after the DB was lost)."""
@@ -311,6 +354,7 @@ class ImageService:
         cleaned = publish.recover_stale_work(self.store)
         with contextlib.suppress(StoreError, OSError):  # best effort: a read-only cache is not an error
             self.cache.clean_stale_imports()
+            self._clean_stale_private_imports()
         for record in self.repo.list_images():
             if record.status.busy and record.id not in cleaned and self._is_stale(record.id):
                 cleaned.append(record.id)
@@ -320,6 +364,22 @@ class ImageService:
                 self.repo.set_status(image_id, Status.FAILED,
                                      f"interrupted: the pulling process ({stale.worker}) died; pull again")
         return cleaned
+
+    def _clean_stale_private_imports(self) -> None:
+        """Remove the private blob directories of imports that died (no import holds the lock)."""
+        if not self.store.tmp_dir.is_dir():
+            return
+        stale = [e for e in self.store.tmp_dir.iterdir() if e.name.startswith(PRIVATE_IMPORT_PREFIX)]
+        if not stale:
+            return
+        lock = self.cache.imports_lock(shared=False)
+        if not lock.acquire(blocking=False):
+            return
+        try:
+            for entry in stale:
+                publish.remove_path(entry)
+        finally:
+            lock.release()
 
     def _is_stale(self, image_id: str) -> bool:
         """True when nobody holds the image's lock (its puller is gone)."""
@@ -627,6 +687,11 @@ def _content_from_resolved(resolved: Any, paths: Sequence[Path]) -> ImageContent
     layers = [LayerBlob(d.digest, int(d.size), str(getattr(d, "media_type", "")), Path(p))
               for d, p in zip(_resolved_layers(resolved), paths, strict=True)]
     return ImageContent(_resolved_digest(resolved), raw, str(config_digest), layers, plat)
+
+
+_NO_POSIX_ACL = ("the file system of {store} has no POSIX ACLs: the private image's files are readable by "
+                 "their owner only, so listed users can run it only through privileged launches "
+                 "(Slurm, shifter --user); see docs/runtime.md, 'Threat model'")
 
 
 def _acl(value: object) -> dict[str, Any]:

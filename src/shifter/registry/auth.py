@@ -105,6 +105,8 @@ class RegistryAuth(httpx.Auth):
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._bearer_hosts: dict[str, Challenge] = {}
         self._basic_hosts: set[str] = set()
+        #: Hosts (``host[:port]``) a credential was sent to: a pull that used one is private by default.
+        self.credentials_sent: set[str] = set()
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         host = request.url.netloc.decode("ascii")
@@ -131,6 +133,7 @@ class RegistryAuth(httpx.Auth):
                 return  # nothing (new) to offer: the 401 goes back to the caller
             with self._lock:
                 self._basic_hosts.add(host)
+                self.credentials_sent.add(host)
             request.headers["Authorization"] = basic_header(credential)
             yield request
 
@@ -154,6 +157,8 @@ class RegistryAuth(httpx.Auth):
         elif basic:
             credential = self._credential(host, request.url.scheme)
             if credential is not None:
+                with self._lock:
+                    self.credentials_sent.add(host)
                 request.headers["Authorization"] = basic_header(credential)
 
     def _cached_token(self, realm: str, service: str, scope: str, stale: str | None = None) -> str | None:
@@ -182,6 +187,8 @@ class RegistryAuth(httpx.Auth):
         credential = self._credentials_for(registry_host)
         if credential is not None and (realm.scheme == "https" or self._plain_http_ok(realm.netloc)):
             headers["Authorization"] = basic_header(credential)
+            with self._lock:
+                self.credentials_sent.add(registry_host)
         return httpx.Request("GET", httpx.URL(challenge.realm).copy_merge_params(params), headers=headers)
 
     def _store_token(self, response: httpx.Response, challenge: Challenge, scope: str) -> str:

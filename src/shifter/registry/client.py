@@ -152,6 +152,13 @@ class RegistryClient:
         return ResolvedImage(ref, fetched.digest, parsed.media_type, fetched.data, parsed, config_bytes,
                              config, chosen, index_digest)
 
+    def used_credentials(self, ref: ImageRef) -> bool:
+        """True when a stored credential was sent to ``ref``'s registry or one of its mirrors (by
+        this client so far): the image may be one only its puller is entitled to, so a pull that
+        used credentials is private to the puller unless asked otherwise (``docs/internals.md``)."""
+        hosts = {e.netloc for e in endpoints(ref, self.config)} | {ref.api_host, ref.registry}
+        return bool(hosts & self.auth.credentials_sent)
+
     def head_digest(self, ref: ImageRef) -> str | None:
         """The digest the tag points at now (``HEAD``, ``Docker-Content-Digest``), or ``None``.
 

@@ -44,9 +44,11 @@ class ImageNotInStoreError(ImageNotFoundError):
 
     pullable = True
 
-    def __init__(self, message: str, hint: str = "", *, request: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", *, request: str = "",
+                 identity: Identity | None = None) -> None:
         super().__init__(message, hint)
         self.request = request
+        self.identity = identity  # who the container runs as: the pull acts for them
 
 
 def image_stores(config: SiteConfig, identity: Identity, *,
@@ -106,7 +108,8 @@ def _resolve_docker(ref: ImageRef, stores: Sequence[tuple[ImageStore, bool]],
             if image_id is not None:
                 return _load(store, is_user, image_id, request, identity, kind="docker")
     raise ImageNotInStoreError(f"image {request} is not in the image store",
-                               hint=f"pull it with 'shifterimg pull {request}'", request=request)
+                               hint=f"pull it with 'shifterimg pull {request}'", request=request,
+                               identity=identity)
 
 
 def _resolve_id(prefix: str, stores: Sequence[tuple[ImageStore, bool]], identity: Identity,
@@ -191,7 +194,8 @@ def _load_files(store: ImageStore, is_user: bool, image_id: str, request: str, i
                                      hint=f"pull it again with 'shifterimg pull {request}'")
         if kind == "docker":
             raise ImageNotInStoreError(f"image {request} is not in the image store (stale tag)",
-                                       hint=f"pull it with 'shifterimg pull {request}'", request=request)
+                                       hint=f"pull it with 'shifterimg pull {request}'", request=request,
+                                       identity=identity)
         raise ImageNotFoundError(f"no image with id {image_id} in the image store")
     metadata = store.read_metadata(image_id)
     status = metadata.get("status")

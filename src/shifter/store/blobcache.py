@@ -238,4 +238,34 @@ class BlobCache:
             shutil.rmtree(self.root / sub, ignore_errors=True)
 
 
-__all__ = ["IMPORT_TEMP_GLOB", "BlobCache", "digest_hex"]
+
+class PrivateBlobCache(BlobCache):
+    """The blobs of one private image, kept out of the shared cache (``docs/internals.md``).
+
+    A private image's layers must not be readable on the host by users outside its list, and the
+    shared cache's blobs are (``0444`` in a world-readable tree; anyone could convert them into an
+    image of their own).  So a private pull or import downloads into a directory of its own,
+    ``0700`` under the store's owner-only ``.tmp`` (``<store>/.tmp/<id>.blobs``), which goes with
+    the image's other work files once the image is converted, or when a crashed pull is
+    recovered.  A blob the shared cache already holds is used from there: it is already
+    readable, so reading it reveals nothing.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], shared: BlobCache) -> None:
+        super().__init__(root, shared.max_size)
+        self.shared = shared
+        with writing(f"preparing the private blob directory {root}"):
+            self.root.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.root, 0o700)
+
+    def get(self, digest: str) -> Path | None:
+        return self.shared.get(digest) or super().get(digest)
+
+    def imports_lock(self, *, shared: bool) -> FileLock:
+        return self.shared.imports_lock(shared=shared)
+
+    def prune(self, keep: Iterable[str] = (), max_size: int | None = None) -> list[str]:
+        return []  # everything here goes with the work files
+
+
+__all__ = ["IMPORT_TEMP_GLOB", "BlobCache", "PrivateBlobCache", "digest_hex"]

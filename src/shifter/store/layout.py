@@ -19,7 +19,7 @@ import os
 import stat
 
 from shifter._fastjson import loads as _json_loads
-from shifter.errors import StoreError
+from shifter.errors import AccessDeniedError, StoreError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -189,7 +189,8 @@ class ImageStore:
 
     # --- reads -------------------------------------------------------------------------
     def read_metadata(self, image_id: str) -> dict[str, object]:
-        """The parsed ``<id>.json``; :class:`StoreError` when missing or unreadable."""
+        """The parsed ``<id>.json``; :class:`StoreError` when missing or unreadable,
+        :class:`AccessDeniedError` when its private image is closed to this user."""
         path = self.metadata_file(image_id)
         try:
             data = _json_loads(read_regular(path, MAX_METADATA_BYTES).decode("utf-8"))
@@ -198,6 +199,9 @@ class ImageStore:
                              hint="pull the image again") from None
         except UnicodeDecodeError:  # its message would quote a byte of the file
             raise StoreError(f"cannot read {path}: not UTF-8", hint="pull the image again") from None
+        except PermissionError:  # a private image's files are closed to users not on its list
+            raise AccessDeniedError(f"image {image_id[:12]} in {self.root} is private and you may not read it",
+                                    hint="ask the image's owner to grant you access") from None
         except OSError as err:
             raise StoreError(f"cannot read {path}: {err.strerror or err}", hint="pull the image again") from None
         except ValueError as err:
@@ -212,6 +216,8 @@ class ImageStore:
             if not is_file(self.squashfs_file(image_id)):
                 return False
             return self.read_metadata(image_id).get("status") == READY
+        except AccessDeniedError:  # private: the json is only ever written READY (store.publish)
+            return True
         except StoreError:
             return False
 

@@ -15,10 +15,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from shifter.errors import DiskFullError, StoreError
+from shifter.store.access import apply_access
 from shifter.store.layout import ImageStore, check_id
 from shifter.store.locks import FileLock
 
@@ -60,16 +61,26 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via temp + fsync + rename (+ fsync of the directory)."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644,
+                       image_acl: Mapping[str, object] | bool | None = False) -> bool:
+    """Write ``data`` to ``path`` via temp + fsync + rename (+ fsync of the directory).
+
+    ``image_acl`` (an image's ACL, or None for public): the file is an image's and gets that ACL's
+    modes (:func:`shifter.store.access.apply_access`) before it is renamed into place; the
+    result is ``apply_access``'s.  Without it the file gets ``mode``.
+    """
+    applied = True
     with writing(f"writing {path}"):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
+                if image_acl is False:
+                    os.fchmod(handle.fileno(), mode)
+                else:  # closed before the first byte is written
+                    applied = apply_access(handle.fileno(), image_acl or None)  # type: ignore[arg-type]
                 handle.write(data)
                 handle.flush()
-                os.fchmod(handle.fileno(), mode)
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
@@ -77,10 +88,12 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
                 os.unlink(tmp)
             raise
         fsync_dir(path.parent)
+    return applied
 
 
-def atomic_write_json(path: Path, data: object) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+def atomic_write_json(path: Path, data: object, image_acl: Mapping[str, object] | bool | None = False) -> bool:
+    return atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"),
+                              image_acl=image_acl)
 
 
 def ensure_layout(store: ImageStore) -> None:
@@ -140,31 +153,46 @@ def remove_path(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def publish_image(store: ImageStore, image_id: str, squashfs_tmp: Path, metadata: dict[str, object]) -> None:
+def publish_image(store: ImageStore, image_id: str, squashfs_tmp: Path, metadata: dict[str, object]) -> bool:
     """Move a finished squashfs into place, then write its metadata json (READY).
 
-    ``squashfs_tmp`` must be on the store's filesystem (in ``<store>/.tmp``).  The json is
-    written last: the image becomes visible to the runtime only when both exist.
+    ``squashfs_tmp`` must be on the store's filesystem (in ``<store>/.tmp``, owner-only).  Both
+    files get the modes and ACL of ``metadata["acl"]`` (:mod:`shifter.store.access`) before they
+    are renamed into place.  The json is written last: the image becomes visible to the runtime
+    only when both exist.  False when the store's file system could not take the POSIX ACL of
+    a private image (its files are then owner-only).
     """
     final = store.squashfs_path(image_id)
+    acl = _acl_of(metadata)
     with writing(f"publishing image {image_id[:12]}"):
         fsync_file(squashfs_tmp)
-        os.chmod(squashfs_tmp, 0o644)
+        applied = apply_access(str(squashfs_tmp), acl)
         os.replace(squashfs_tmp, final)
         fsync_dir(store.root)
-    atomic_write_json(store.metadata_path(image_id), metadata)
+    return atomic_write_json(store.metadata_path(image_id), metadata, image_acl=acl) and applied
 
 
 def update_metadata(store: ImageStore, image_id: str, **fields: object) -> dict[str, object]:
     """Change fields of a READY image's ``<id>.json`` (e.g. its ``acl``); returns the new metadata.
 
     Temp + fsync + rename: a reader (the runtime) sees the old file or the new one, never a
-    half-written one.  Call with :func:`tags_lock` held so two rewrites cannot interleave.
+    half-written one.  Call with :func:`tags_lock` held so two rewrites cannot interleave.  The
+    squashfs and the json get the modes and ACL of the (new) ``acl``.
     """
     metadata = store.read_metadata(image_id)
     metadata.update(fields)
-    atomic_write_json(store.metadata_path(image_id), metadata)
+    acl = _acl_of(metadata)
+    with writing(f"changing who may read image {image_id[:12]}"):
+        apply_access(store.squashfs_file(image_id), acl)
+    atomic_write_json(store.metadata_path(image_id), metadata, image_acl=acl)
     return metadata
+
+
+def _acl_of(metadata: Mapping[str, object]) -> Mapping[str, object] | None:
+    acl = metadata.get("acl")
+    if acl is None or isinstance(acl, dict):
+        return acl
+    return {"private": True}  # malformed: fail closed
 
 
 def set_tag(store: ImageStore, image_type: str, ref: str, image_id: str) -> None:
