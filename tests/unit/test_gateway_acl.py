@@ -178,3 +178,32 @@ def test_metadata_rewrite_follows_the_acl(env: Env) -> None:  # noqa: F811
     assert all(os.stat(f).st_mode & 0o077 in (0o040, 0) for f in files)  # only the ACL's named readers
     service.pull("r.io/app:1", ALICE, acl=PUBLIC)
     assert all(os.stat(f).st_mode & 0o777 == 0o644 for f in files)
+
+
+def _cached(service: object) -> list[str]:
+    blobs = service.cache.blobs_dir  # type: ignore[attr-defined]
+    return sorted(p.name for p in blobs.iterdir()) if blobs.is_dir() else []
+
+
+def test_private_pull_keeps_its_layers_out_of_the_shared_cache(env: Env) -> None:  # noqa: F811
+    env.registry.put("r.io/app:1", {"a": "1"})
+    service = env.service()
+    record = service.pull("r.io/app:1", ALICE, acl=CAROL_ONLY)
+    assert _cached(service) == []
+    assert not any(service.store.tmp_dir.iterdir())  # the private blob directory went with the work files
+    assert record.status.value == "READY"
+
+
+def test_making_an_image_private_evicts_its_layers_unless_a_public_image_shares_them(env: Env) -> None:  # noqa: F811
+    env.registry.put("r.io/app:1", {"a": "1"})
+    env.registry.put("r.io/app:2", {"a": "1", "b": "2"})
+    service = env.service()
+    first = service.pull("r.io/app:1", ALICE)
+    second = service.pull("r.io/app:2", ALICE)
+    shared_before = _cached(service)
+    assert shared_before
+    service.pull("r.io/app:2", ALICE, acl=CAROL_ONLY)
+    layers_of = {r.id: {d["digest"].split(":")[1] for d in service.store.read_metadata(r.id)["layers"]}
+                 for r in (first, second)}
+    only_second = layers_of[second.id] - layers_of[first.id]
+    assert only_second and set(_cached(service)) == set(shared_before) - only_second

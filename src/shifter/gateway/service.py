@@ -310,14 +310,31 @@ class ImageService:
         if requested.same_as(current):
             return
         if self.choice.kind == "user" or owner == caller.username or caller.is_admin(self.config):
-            publish.update_metadata(self.store, image_id, acl=requested.to_json())
+            metadata = publish.update_metadata(self.store, image_id, acl=requested.to_json())
             self.repo.set_status(image_id, Status.READY, record.status_message if record else "ready",
                                  acl=requested.to_json())
+            if requested.private:
+                self._evict_private_layers(metadata)
             progress.phase("acl", f"image {image_id[:12]} is now {requested.describe()}")
             return
         raise AccessDeniedError(f"{caller.username} may not change who can use image {image_id[:12]} "
                                 f"(it is {current.describe()}, owner: {owner})",
                                 hint="only the image's owner or a gateway admin (gatewayAdmins) can")
+
+    def _evict_private_layers(self, metadata: dict[str, object]) -> None:
+        """An image made private: its layers leave the shared blob cache, unless a public image of
+        this store has them too (their bytes are readable there anyway).  Tags lock held."""
+        layers = _layer_digests(metadata)
+        for other in self.store.image_ids():
+            if not layers:
+                return
+            with contextlib.suppress(ShifterError):
+                meta = self.store.read_metadata(other)
+                if not ImageAcl.from_json(meta.get("acl")).private:
+                    layers -= _layer_digests(meta)
+        for digest in layers:
+            with contextlib.suppress(ShifterError, OSError):
+                self.cache.remove(digest)
 
     def _adopt(self, image_id: str, caller: Caller) -> ImageRecord:
         """Record a READY image the database does not know (e.g. after the DB was lost)."""
@@ -692,6 +709,13 @@ def _content_from_resolved(resolved: Any, paths: Sequence[Path]) -> ImageContent
 _NO_POSIX_ACL = ("the file system of {store} has no POSIX ACLs: the private image's files are readable by "
                  "their owner only, so listed users can run it only through privileged launches "
                  "(Slurm, shifter --user); see docs/runtime.md, 'Threat model'")
+
+
+def _layer_digests(metadata: dict[str, object]) -> set[str]:
+    layers = metadata.get("layers")
+    if not isinstance(layers, list):
+        return set()
+    return {str(layer["digest"]) for layer in layers if isinstance(layer, dict) and "digest" in layer}
 
 
 def _acl(value: object) -> dict[str, Any]:

@@ -186,6 +186,12 @@ class BlobCache:
             lock.release()
         return removed
 
+    def remove(self, digest: str) -> None:
+        """Delete a complete blob and any partial download of it (under its lock)."""
+        with self.lock(digest):
+            self.path(digest).unlink(missing_ok=True)
+            self.partial_path(digest).unlink(missing_ok=True)
+
     def discard(self, digest: str) -> None:
         """Forget a partial download (e.g. after a digest mismatch)."""
         self.partial_path(digest).unlink(missing_ok=True)
