@@ -14,7 +14,7 @@ if [ "${SHIFTER_SKIP_APT:-0}" != 1 ]; then
   apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-pip squashfs-tools squashfs-tools-ng squashfuse fuse3 util-linux \
     docker-registry skopeo umoci apache2-utils busybox-static zstd hyperfine charliecloud-runtime \
-    munge xfsprogs podman runc ca-certificates postgresql >/dev/null
+    munge xfsprogs podman runc ca-certificates postgresql slurm-wlm libslurm-dev gcc >/dev/null
 fi
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
   mkdir -p "$PREFIX"
@@ -32,6 +32,11 @@ fi
 # and byte-compile the package (ordinary users cannot write __pycache__); see
 # src/shifter/cli/launchers.py.
 "$PREFIX/venv/bin/python" -m shifter.cli.launchers "$PREFIX/venv/bin" >/dev/null
+# The Slurm SPANK plugin (plugstack.conf: see docs/slurm.md), when Slurm's headers are here.
+if [ -f /usr/include/slurm/spank.h ] && command -v gcc >/dev/null; then
+  mkdir -p "$PREFIX/lib"
+  gcc -O2 -Wall -shared -fPIC -o "$PREFIX/lib/spank_shifter.so" "$SRC/src/shifter/wlm/slurm/spank_shifter.c"
+fi
 chmod -R a+rX "$PREFIX"
 BIN=${SHIFTER_BIN_DIR:-/usr/local/bin}
 mkdir -p "$BIN"

@@ -17,12 +17,14 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from shifter.errors import ContainerError, ShifterError, UsageError
 
 TYPE_CHECKING = False  # the plan module only for annotations: teardown stays light
 if TYPE_CHECKING:
+    from shifter.config.site import SiteConfig
+    from shifter.runtime.options import ShifterOptions
     from shifter.runtime.plan import Plan
 
 
@@ -94,15 +96,9 @@ def detach_all(path: str) -> int:
 
 def setup(argv: Sequence[str]) -> int:
     """Build and record the prepared container."""
-    import dataclasses  # noqa: PLC0415
-
-    from shifter.cli.shifter import caller_identity  # noqa: PLC0415
     from shifter.config.site import config_path, load_config  # noqa: PLC0415
-    from shifter.runtime import etc, prepared  # noqa: PLC0415
     from shifter.runtime.linux import fastpath  # noqa: PLC0415
     from shifter.runtime.options import parse_options  # noqa: PLC0415
-    from shifter.runtime.plan import Plan, container_groups, tree_ops, user_ids  # noqa: PLC0415
-    from shifter.runtime.request import spec_from_options  # noqa: PLC0415
 
     opts = parse_options([*argv, "/bin/true"], os.environ)
     if opts.help:
@@ -117,8 +113,23 @@ def setup(argv: Sequence[str]) -> int:
     # The configuration's identity before it is read: the fast path's record must describe the
     # content this setup used (prepared.fast_section compares it again afterwards).
     config_state = _state_or_none(fastpath.file_state, config_path())
-    config = load_config(privileged=True)
-    spec = spec_from_options(opts, os.environ, config, caller_identity(), "/")  # type: ignore[arg-type]
+    prepare(opts, load_config(privileged=True), config_state, os.environ)
+    return 0
+
+
+def prepare(opts: ShifterOptions, config: SiteConfig, config_state: list[int] | None,
+            environ: Mapping[str, str], *, pinned: bool = False) -> None:
+    """Build the container ``opts`` asks for at ``config.udi_mount`` and write its record
+    (``config_state``: the configuration file's identity before it was read; ``pinned``: see
+    ``prepared.fast_section``)."""
+    import dataclasses  # noqa: PLC0415
+
+    from shifter.cli.shifter import caller_identity  # noqa: PLC0415
+    from shifter.runtime import etc, prepared  # noqa: PLC0415
+    from shifter.runtime.plan import Plan, container_groups, tree_ops, user_ids  # noqa: PLC0415
+    from shifter.runtime.request import spec_from_options  # noqa: PLC0415
+
+    spec = spec_from_options(opts, environ, config, caller_identity(), "/")  # type: ignore[arg-type]
     if prepared.read_record(config) is not None or prepared.is_mountpoint(config.udi_mount):
         raise ContainerError(f"a container is already prepared at {config.udi_mount}",
                              hint="run shifter-teardown first")
@@ -127,9 +138,8 @@ def setup(argv: Sequence[str]) -> int:
     ops = tree_ops(spec, dataclasses.replace(config, loop_mount=_image_dir(config.loop_mount)),
                    etc.group_names(groups), etc.read_site_etc(config.etc_path), prepared=True)
     _build_tree(config.udi_mount, config.loop_mount, Plan(tuple(ops), user_ids(spec, config)))
-    fast = prepared.fast_section(opts, spec, config, config_state)
+    fast = prepared.fast_section(opts, spec, config, config_state, pinned=pinned)
     prepared.write_record(config, prepared.make_record(spec, config, fast=fast))
-    return 0
 
 
 def _image_dir(loop_mount: str) -> str:

@@ -114,6 +114,8 @@ def _resolve_docker(ref: ImageRef, stores: Sequence[tuple[ImageStore, bool]],
 
 def _resolve_id(prefix: str, stores: Sequence[tuple[ImageStore, bool]], identity: Identity,
                 as_user: bool = False) -> ImageInfo:
+    if len(prefix) == 64:
+        return _resolve_full_id(prefix, stores, identity, as_user)
     matches: list[tuple[ImageStore, bool, str]] = []
     seen: set[str] = set()
     for store, is_user in stores:
@@ -134,6 +136,21 @@ def _resolve_id(prefix: str, stores: Sequence[tuple[ImageStore, bool]], identity
     store, is_user, image_id = matches[0]
     with AsUser(identity, as_user and is_user):
         return _load(store, is_user, image_id, f"id:{image_id}", identity, kind="id")
+
+
+def _resolve_full_id(image_id: str, stores: Sequence[tuple[ImageStore, bool]], identity: Identity,
+                     as_user: bool) -> ImageInfo:
+    """A full id: the first store holding it, loaded straight away (no ``_has_image`` first: a
+    Slurm job's nodes all resolve the job's pinned id at once, and every stat of the shared store
+    is a request to its metadata server)."""
+    for store, is_user in stores:
+        with AsUser(identity, as_user and is_user):
+            try:
+                return _load(store, is_user, image_id, f"id:{image_id}", identity, kind="id")
+            except ImageNotFoundError:  # neither its metadata nor its squashfs is in this store
+                continue
+    raise ImageNotFoundError(f"no image with id {image_id} in the image store",
+                             hint="list images with 'shifterimg images'")
 
 
 def _resolve_local(path: str, config: SiteConfig) -> ImageInfo:
@@ -188,16 +205,19 @@ def _load(store: ImageStore, is_user: bool, image_id: str, request: str, identit
 def _load_files(store: ImageStore, is_user: bool, image_id: str, request: str, identity: Identity,
                 *, kind: str) -> ImageInfo:
     squashfs = store.squashfs_file(image_id)
-    if not exists(store.metadata_file(image_id)):
+    try:  # read first, look why only if that fails: each stat is a request to a shared store's server
+        metadata = store.read_metadata(image_id)
+    except StoreError:
+        if exists(store.metadata_file(image_id)):
+            raise
         if exists(squashfs):
             raise ImageNotReadyError(f"image {request} is not ready (its metadata is missing)",
-                                     hint=f"pull it again with 'shifterimg pull {request}'")
+                                     hint=f"pull it again with 'shifterimg pull {request}'") from None
         if kind == "docker":
             raise ImageNotInStoreError(f"image {request} is not in the image store (stale tag)",
                                        hint=f"pull it with 'shifterimg pull {request}'", request=request,
-                                       identity=identity)
-        raise ImageNotFoundError(f"no image with id {image_id} in the image store")
-    metadata = store.read_metadata(image_id)
+                                       identity=identity) from None
+        raise ImageNotFoundError(f"no image with id {image_id} in the image store") from None
     status = metadata.get("status")
     if status != READY:
         raise ImageNotReadyError(f"image {request} is not ready (status {status})",

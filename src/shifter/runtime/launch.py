@@ -34,9 +34,13 @@ def validate(spec: ContainerSpec, config: SiteConfig) -> None:
 
 
 def make_plan(spec: ContainerSpec, config: SiteConfig) -> Plan:
-    """A prepared container's entry plan if one matches, else a private container's plan."""
-    if prepared.matching_record(spec, config) is not None:
-        return prepared_entry_plan(spec, config)
+    """A prepared container's entry plan if one matches (the Slurm job's on this node first, see
+    ``prepared.job_mounts``), else a private container's plan."""
+    import os  # noqa: PLC0415  (loaded already by prepared)
+
+    serving = prepared.serving_config(spec, config, os.environ)
+    if serving is not None:
+        return prepared_entry_plan(spec, serving)
     groups = container_groups(spec.identity, config)
     return build_plan(spec, config, names=etc.group_names(groups),
                       site_etc=etc.read_site_etc(config.etc_path))

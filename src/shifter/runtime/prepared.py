@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from shifter.runtime.options import ShifterOptions
 
 RECORD_VERSION = 1
+JOBS_SUFFIX = ".jobs"  # <udiMount>.jobs/<node>.<jobid>/: the Slurm jobs' prepared containers
 
 
 def record_path(config: SiteConfig) -> str:
@@ -58,7 +59,7 @@ def make_record(spec: ContainerSpec, config: SiteConfig, loop_device: str = "",
 
 
 def fast_section(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig,
-                 config_state: list[int] | None) -> dict[str, Any] | None:
+                 config_state: list[int] | None, *, pinned: bool = False) -> dict[str, Any] | None:
     """What ``shifter.runtime.linux.fastpath`` needs to enter without building a spec, or ``None``
     when this request cannot use it (a local or abbreviated-id image, a relative store path, a
     configuration or store file that changed while ``shifter-setup`` read it).
@@ -66,23 +67,32 @@ def fast_section(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig,
     ``config_state`` is :func:`fastpath.file_state` of the configuration file taken *before* it
     was loaded; the image is resolved a second time between two snapshots of the store files, so
     the recorded file identities are those of the content the precomputed values came from.
+
+    ``pinned`` (a Slurm job's container: the image was resolved to its full id at submission):
+    no store file is recorded as a witness, so the job's tasks enter without a single request to
+    the (shared) image store.  An id names one content forever; what the prolog read (metadata,
+    access list) stays the job's for its lifetime, as the mounted image does.
     """
     from shifter.runtime.asuser import AsUser  # noqa: PLC0415  (shifter-setup only)
     from shifter.runtime.images import resolve_image  # noqa: PLC0415
     from shifter.runtime.linux import fastpath  # noqa: PLC0415
 
     try:
-        paths = _witness_paths(opts, spec, config)
+        paths = ([] if _pinned_id(opts, spec, config) else None) if pinned else _witness_paths(opts, spec, config)
         if paths is None or config_state is None or opts.image is None:
             return None
-        # The states the user's fast path will see: taken with the user's rights (as root acting
-        # for the user, request.spec_from_options resolves the image the same way).
-        with AsUser(spec.identity):
-            before = [fastpath.file_state(path) for path, _ in paths]
-        again = resolve_image(opts.image, config, spec.identity, default_type=opts.image_type,
-                              as_user=spec.identity.uid != 0)
-        with AsUser(spec.identity):
-            after = [fastpath.file_state(path) for path, _ in paths]
+        before: list[list[int] | None] = []
+        after: list[list[int] | None] = []
+        again = spec.image
+        if not pinned:
+            # The states the user's fast path will see: taken with the user's rights (as root
+            # acting for the user, request.spec_from_options resolves the image the same way).
+            with AsUser(spec.identity):
+                before = [fastpath.file_state(path) for path, _ in paths]
+            again = resolve_image(opts.image, config, spec.identity, default_type=opts.image_type,
+                                  as_user=spec.identity.uid != 0)
+            with AsUser(spec.identity):
+                after = [fastpath.file_state(path) for path, _ in paths]
         config_after = fastpath.file_state(config.source)
     except (OSError, ShifterError):
         return None
@@ -130,6 +140,16 @@ def _witness_paths(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig
             store = ImageStore(root)
             paths += [(store.metadata_file(image_id), True), (store.squashfs_file(image_id), False)]
     return paths
+
+
+def _pinned_id(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig) -> bool:
+    """The request names the full id of a store image (``id:<64 hex>``), which ``spec`` resolved."""
+    from shifter.oci.reference import parse_image_arg  # noqa: PLC0415
+
+    if opts.image is None or spec.image.kind == "local" or not spec.image.image_id:
+        return False
+    image_type, value = parse_image_arg(opts.image.strip(), opts.image_type or config.default_image_type)
+    return image_type == "id" and value == spec.image.image_id
 
 
 def _acl(metadata: dict[str, object]) -> dict[str, list[int]] | None:
@@ -212,6 +232,48 @@ def matching_record(spec: ContainerSpec, config: SiteConfig) -> dict[str, Any] |
     return record if is_mountpoint(config.udi_mount) else None
 
 
+def job_mounts(udi_mount: str, environ: dict[str, str] | os._Environ[str]) -> tuple[str, str] | None:
+    """``(udiMount, loopMount)`` of the prepared container of the Slurm job named by
+    ``SLURM_JOB_ID`` and ``SLURMD_NODENAME`` in ``environ``:
+    ``<udiMount>.jobs/<node>.<jobid>/udiMount`` and ``.../loopMount``; ``None`` outside a job.
+
+    One per job and node, so that jobs (and the several ``slurmd`` of a test cluster on one host)
+    never share a tree.  The variables are the caller's, hence untrusted: they only choose which
+    record is *looked at*; a record is still entered only if it is root-owned and names the
+    caller's uid, image, volumes and modules (``matching_record``).
+    ``shifter.runtime.linux.fastpath.job_udi_mount`` computes the same path.
+    """
+    job, node = environ.get("SLURM_JOB_ID", ""), environ.get("SLURMD_NODENAME", "")
+    if not (job.isascii() and job.isdigit() and len(job) <= 20) or not _safe_node(node):
+        return None
+    base = f"{udi_mount.rstrip('/')}{JOBS_SUFFIX}/{node}.{job}"
+    return f"{base}/udiMount", f"{base}/loopMount"
+
+
+def _safe_node(name: str) -> bool:
+    return 0 < len(name) <= 64 and name[0] != "." and all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
+
+
+def with_mounts(config: SiteConfig, udi_mount: str, loop_mount: str) -> SiteConfig:
+    """``config`` with other ``udiMount``/``loopMount`` paths."""
+    values = {name: getattr(config, name) for name in config._record_fields}
+    return type(config)(**{**values, "udi_mount": udi_mount, "loop_mount": loop_mount})
+
+
+def serving_config(spec: ContainerSpec, config: SiteConfig,
+                   environ: dict[str, str] | os._Environ[str]) -> SiteConfig | None:
+    """The configuration (the Slurm job's container paths, else the site's) whose prepared
+    container serves ``spec``, or ``None`` when none does."""
+    candidates = [config]
+    job = job_mounts(config.udi_mount, environ)
+    if job is not None:
+        candidates.insert(0, with_mounts(config, *job))
+    for candidate in candidates:
+        if matching_record(spec, candidate) is not None:
+            return candidate
+    return None
+
+
 def write_record(config: SiteConfig, record: dict[str, Any]) -> None:
     """Write the record atomically (temp file + rename), root-owned, mode 0640 with the group of
     the container's user: it names their volumes and holds the image's ENV, ENTRYPOINT and CMD
@@ -238,5 +300,5 @@ def remove_record(config: SiteConfig) -> None:
         os.unlink(record_path(config))
 
 
-__all__ = ["describe", "fast_section", "is_mountpoint", "make_record", "matching_record", "read_record", "record_path",
-           "remove_record", "write_record"]
+__all__ = ["JOBS_SUFFIX", "describe", "fast_section", "is_mountpoint", "job_mounts", "make_record", "matching_record",
+           "read_record", "record_path", "remove_record", "serving_config", "with_mounts", "write_record"]

@@ -373,6 +373,16 @@ def read_record(environ: dict[str, str]) -> "tuple[Record, list[int]] | None":
     if udi is None:
         return None
     config_id = _identity(loaded[1])
+    # The Slurm job's container on this node first (prepared.serving_config), then the site's.
+    job = job_udi_mount(udi, environ)
+    for candidate in ((job, udi) if job is not None else (udi,)):
+        record = _trusted_record(candidate)
+        if record is not None:
+            return record, config_id
+    return None
+
+
+def _trusted_record(udi: str) -> "Record | None":
     record_file = _read_small(udi + ".json")  # prepared.record_path
     if record_file is None:
         return None
@@ -386,7 +396,17 @@ def read_record(environ: dict[str, str]) -> "tuple[Record, list[int]] | None":
         return None
     if not isinstance(record.get("fast"), dict) or not _is_mountpoint(udi):
         return None
-    return record, config_id
+    return record
+
+
+def job_udi_mount(udi: str, environ: dict[str, str]) -> str | None:
+    """``prepared.job_mounts(udi, environ)[0]`` (the same rules, without importing it)."""
+    job, node = environ.get("SLURM_JOB_ID", ""), environ.get("SLURMD_NODENAME", "")
+    if not (job.isascii() and job.isdigit() and len(job) <= 20):
+        return None
+    if not (0 < len(node) <= 64 and node[0] != "." and all(c.isascii() and (c.isalnum() or c in "._-") for c in node)):
+        return None
+    return f"{udi.rstrip('/')}.jobs/{node}.{job}/udiMount"
 
 
 def _json_object(data: bytes) -> object:
@@ -669,4 +689,4 @@ def try_enter(argv: list[str]) -> int | None:
 
 
 __all__ = ["Entry", "Request", "compose_env", "config_udi_mount", "decide", "enter", "file_state",
-           "files_unchanged", "parse_request", "read_record", "request_key", "try_enter"]
+           "files_unchanged", "job_udi_mount", "parse_request", "read_record", "request_key", "try_enter"]
