@@ -135,8 +135,8 @@ def _script(cluster: Cluster, name: str, body: str) -> Path:
     return path
 
 
-def _sbatch(cluster: Cluster, *args: str, user: str = TEST_USER) -> str:
-    result = cluster.as_user(["sbatch", "--parsable", *args], user=user)
+def _sbatch(cluster: Cluster, *args: str, user: str = TEST_USER, **extra: str) -> str:
+    result = cluster.as_user(["sbatch", "--parsable", *args], user=user, **extra)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
 
@@ -160,8 +160,22 @@ def _loops(needle: str) -> list[str]:
     return [line for line in out.splitlines() if needle in line]
 
 
+def _processes_inside(root: Path) -> list[int]:
+    """Processes whose root directory is (or was) below ``root``: a job's containers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "root").startswith(str(root)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def _assert_clean(cluster: Cluster, job: str) -> None:
     assert not any(cluster.jobs.glob(f"*.{job}")), "the job's directories are left"
+    assert _processes_inside(cluster.jobs) == [], "processes are left in a job's container"
     assert _mounts(f"{cluster.jobs}/") == [], "mounts are left"
     assert _loops(str(cluster.store)) == [], "loop devices are left"
     states = cluster.slurm(["sinfo", "-h", "-N", "-o", "%N %T"]).split("\n")
@@ -230,10 +244,10 @@ def test_bad_volume_fails_the_job_with_the_reason_and_drains_no_node(cluster: Cl
     _assert_clean(cluster, job)
 
 
-def _running_with_container(cluster: Cluster, job: str, node: str = "n1") -> None:
+def _running_with_container(cluster: Cluster, job: str, node: str = "n1", work: Path | None = None) -> None:
     record = cluster.jobs / f"{node}.{job}" / "udiMount.json"
     _wait(f"job {job} to run", lambda: _job_state(cluster, job) == "RUNNING" and record.exists())
-    _wait(f"job {job}'s task", (cluster.work / f"started.{job}").exists)
+    _wait(f"job {job}'s task", ((work or cluster.work) / f"started.{job}").exists)
 
 
 def test_scancel_mid_run_leaves_nothing_mounted(cluster: Cluster) -> None:
@@ -260,8 +274,9 @@ def test_time_limit_leaves_nothing_mounted(cluster: Cluster) -> None:
 def test_other_user_cannot_enter_the_jobs_container(cluster: Cluster) -> None:
     script = _script(cluster, "victim.sh", "srun shifter sh -c 'touch /work/started.$SLURM_JOB_ID; sleep 300'\n")
     volumes = f"{cluster.volume}:/data;{cluster.work}:/work"
-    job = _sbatch(cluster, "-N1", "-w", "n1", f"--image={IMAGE}", f"--volume={volumes}",
-                  "-o", str(cluster.work / "out.%j"), str(script))
+    # Two --volume options: the job carries both (';'-joined), and its srun does not re-resolve them.
+    job = _sbatch(cluster, "-N1", "-w", "n1", f"--image={IMAGE}", f"--volume={cluster.volume}:/data",
+                  f"--volume={cluster.work}:/work", "-o", str(cluster.work / "out.%j"), str(script))
     try:
         _running_with_container(cluster, job)
         tree = cluster.jobs / f"n1.{job}" / "udiMount"
@@ -301,3 +316,34 @@ def test_prolog_records_the_prepare_time(cluster: Cluster) -> None:
     finally:
         cluster.slurm(["scancel", job])
     _wait_gone(cluster, job)
+
+
+def test_two_users_jobs_sharing_a_node_each_get_their_own_container(cluster: Cluster) -> None:
+    work2 = cluster.base / "work2"
+    work2.mkdir(exist_ok=True)
+    os.chown(work2, OTHER_UID, OTHER_UID)
+    body = ("srun shifter sh -c 'cat /etc/os-release > /work/seen.$SLURM_JOB_ID; "
+            "touch /work/started.$SLURM_JOB_ID; sleep 300'\n")
+    script = _script(cluster, "shared.sh", body)
+    first = _sbatch(cluster, "-p", "shared", "-n1", "-w", "n1", f"--image={IMAGE}", f"--volume={cluster.work}:/work",
+                    "-o", str(cluster.work / "out.%j"), str(script))
+    second = _sbatch(cluster, "-p", "shared", "-n1", "-w", "n1", f"--image=id:{ID_B}", f"--volume={work2}:/work",
+                     "-o", str(work2 / "out.%j"), str(script), user=OTHER_USER, HOME=str(work2))
+    try:
+        _running_with_container(cluster, first)
+        _running_with_container(cluster, second, work=work2)
+        assert (cluster.work / f"seen.{first}").read_text().strip() == "NAME=imageA"
+        assert (work2 / f"seen.{second}").read_text().strip() == "NAME=imageB"
+        assert len(_loops(str(cluster.store))) == 2  # one image mount per job on the node
+        walk = cluster.as_user(["ls", str(cluster.jobs / f"n1.{first}" / "udiMount/work")], user=OTHER_USER)
+        assert walk.returncode != 0 and "Permission denied" in walk.stderr
+        # The first job's end (and epilog) leaves the second job's container alone.
+        cluster.slurm(["scancel", first])
+        _wait_gone(cluster, first)
+        assert _job_state(cluster, second) == "RUNNING"
+        assert (cluster.jobs / f"n1.{second}" / "udiMount.json").exists()
+        assert len(_loops(str(cluster.store))) == 1
+    finally:
+        cluster.slurm(["scancel", first, second])
+    _wait_gone(cluster, second)
+    _assert_clean(cluster, second)

@@ -90,6 +90,7 @@ InactiveLimit=0
 MessageTimeout=20
 NodeName=n[1-3] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=[$((PORT + 1))-$((PORT + 3))] CPUs=2 State=UNKNOWN
 PartitionName=debug Nodes=n[1-3] Default=YES MaxTime=INFINITE OverSubscribe=EXCLUSIVE State=UP
+PartitionName=shared Nodes=n[1-3] Default=NO MaxTime=INFINITE OverSubscribe=NO State=UP
 EOF
   chmod 0644 "$DIR/slurm.conf" "$DIR/plugstack.conf"
 }
@@ -119,6 +120,7 @@ stop() {
   export SLURM_CONF=$DIR/slurm.conf
   if alive "$DIR/pids/slurmctld.pid"; then
     scancel --full --quiet -p debug 2>/dev/null || true
+    scancel --full --quiet -p shared 2>/dev/null || true
     # Let the epilogs run (they tear the jobs' containers down) before slurmd goes.
     wait_for 30 "jobs to end" sh -c '[ -z "$(squeue -h -o %i)" ]' || true
   fi
