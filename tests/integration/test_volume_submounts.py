@@ -4,7 +4,10 @@
 secret file) must show the mount, not the directory under it: the privileged path binds the whole
 tree (the kernel refuses anything else in a user namespace) and gives every mount of it the
 volume's flags.  A volume of ``/`` (``/proc/self/root``) holds the container's own tree and is
-refused, as is any source holding ``udiMount`` or ``loopMount`` (also behind a symlink).
+refused, as is any source holding ``udiMount`` or ``loopMount`` (also behind a symlink), and a site
+configuration putting them under a tree every container binds.  A read-only volume is read-only
+from the moment it is bound: a missing target in it is made in an exploded tmpfs, never in the
+host's directory, and a writable volume nested in it stays writable.
 """
 
 from __future__ import annotations
@@ -152,3 +155,38 @@ def test_kernel_without_mount_setattr_refuses_a_volume_with_mounts_below(covered
     for point, (opts, fstype) in last.items():
         if fstype != "devpts" and point != "/dev":
             assert {"nosuid", "nodev", "noexec"} <= opts, point
+
+
+@needs_tools
+@MODES
+def test_writable_volume_nested_in_a_read_only_one_stays_writable(site: Site, runner) -> None:  # type: ignore[no-untyped-def]
+    outer, inner = scratch_dir("shifter-outer-"), scratch_dir("shifter-inner-")
+    try:
+        (outer / "f").write_text("outer\n")
+        os.chmod(outer / "f", 0o644)
+        os.chown(inner, TEST_UID, TEST_UID)
+        res = runner(site, f"--volume={outer}:/x:ro", f"--volume={inner}:/x/new", "sh", "-c",
+                     "cat /x/f; echo hi > /x/new/g && echo WROTE-INNER; "
+                     "touch /x/h 2>/dev/null && echo WROTE-OUTER; true")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == ["outer", "WROTE-INNER"]
+        # The missing target was made in a tmpfs over /x (the read-only volume), not in the host's directory.
+        assert sorted(os.listdir(outer)) == ["f"] and (inner / "g").read_text() == "hi\n"
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
+        shutil.rmtree(inner, ignore_errors=True)
+
+
+@needs_tools
+@pytest.mark.parametrize(("where", "tree"), [("/tmp", "/tmp"), ("/var/tmp", "/var/tmp"), ("/dev/shm", "/dev")])
+def test_site_config_with_the_container_tree_under_a_bound_tree_is_refused(site: Site, where: str, tree: str) -> None:
+    config = site.root / f"bad-{where.strip('/').replace('/', '-')}.conf"
+    config.write_text(site.config.read_text() + f"udiMount={where}/shifter-udi\n")
+    os.chmod(config, 0o644)
+    for cmd in ([security.SHIFTER, f"--user={security.TEST_USER}", f"--image={site.image}", "true"],
+                [str(security.VENV_BIN / "shifter-setup"), f"--image={site.image}", f"--user={security.TEST_USER}"]):
+        res = subprocess.run(cmd, cwd="/", env=security.shifter_env(config), capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert res.returncode == 2, (cmd, res.stderr)
+        assert f"udiMount {where}/shifter-udi overlaps {tree}, which every container binds" in res.stderr
+        assert "(hint: put udiMount and loopMount where no container binds" in res.stderr
