@@ -135,7 +135,6 @@ class Bind(Record):
     phase: str
     source: str
     target: str
-    recursive: bool = True
     read_only: bool = False
     as_user: bool = False
     check_target: bool = False
@@ -169,8 +168,10 @@ class MountCache(Record):
 
 
 class Remount(Record):
-    """Remount the mount at container path ``target`` nosuid (and nodev, read-only as asked),
-    keeping the flags the kernel locked on it."""
+    """After every mount is made: ``nosuid`` (and ``nodev``) again on every mount of the tree at
+    container path ``target`` (what was mounted into it since included), read-only on its own
+    mounts as asked (a writable volume nested in it stays writable).  ``bind=False`` (the root
+    tmpfs): that one mount only.  Flags the kernel locked stay."""
 
     @property
     def phase(self) -> str:

@@ -742,8 +742,8 @@ def _recheck_resolved(ctx: Context, fd: int, asked: str) -> None:
 # --- remount, enter, drop, chdir, exec ------------------------------------------------------------
 
 def remount(op: p.Remount, ctx: Context) -> None:
-    """MS_BIND flags are ignored on the first bind: apply nosuid/nodev/ro with a remount,
-    keeping whatever flags the kernel has locked on the mount.
+    """The last word on a volume's flags, after every mount is made (see :class:`plan.Remount`);
+    flags the kernel has locked on a mount stay (they are only ever added).
 
     Through the fd kept when the mount was made (or the root's fd), never by path: by now
     the user may have swapped a directory of their volume for a symlink, and a lookup of
