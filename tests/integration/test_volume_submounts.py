@@ -105,7 +105,7 @@ def test_volume_source_symlinked_to_the_udimount_parent_is_refused(site: Site, r
 
 
 # Linux < 5.12 (no mount_setattr), simulated through the syscall seam: a volume with mounts below it
-# is refused; /dev is walked mount by mount.
+# is refused, one without is remounted as before; /dev is walked mount by mount.
 _OLD_KERNEL = """
 import os, sys
 from shifter.errors import VolumeError
@@ -128,10 +128,12 @@ try:
     print("BOUND")
 except VolumeError as err:
     print("REFUSED" if "mounted below it" in err.message else "OTHER")
+executor.bind(p.Bind("user", os.path.join(base, "plain"), "/plain", read_only=True), ctx)
+executor.remount(p.Remount("/plain", True), ctx)
 executor.bind(p.Bind("system", "/dev", "/dev", flags=p.DEV_FLAGS, devices=True), ctx)
 for line in open("/proc/self/mountinfo"):
     fields = line.split()
-    if fields[4] == root + "/dev" or fields[4].startswith(root + "/dev/"):
+    if fields[4] in (root + "/dev", root + "/plain") or fields[4].startswith(root + "/dev/"):
         print(fields[4][len(root):] + "=" + fields[5] + "=" + fields[fields.index("-") + 1])
 """
 
@@ -141,6 +143,7 @@ for line in open("/proc/self/mountinfo"):
 def test_kernel_without_mount_setattr_refuses_a_volume_with_mounts_below(covered: Path, mode: str) -> None:
     base = scratch_dir("shifter-oldkernel-")
     (base / "root").mkdir(mode=0o755)
+    (base / "plain").mkdir(mode=0o755)
     try:
         words = run_scenario(base, _OLD_KERNEL, mode, str(covered))
     finally:
@@ -148,6 +151,7 @@ def test_kernel_without_mount_setattr_refuses_a_volume_with_mounts_below(covered
         shutil.rmtree(base, ignore_errors=True)
     assert words[0] == "REFUSED"
     last = {point: (set(opts.split(",")), fstype) for point, opts, fstype in (w.split("=") for w in words[1:])}
+    assert {"ro", "nosuid", "nodev"} <= last.pop("/plain")[0]  # without mounts below: remounted as before
     dev_opts, _ = last["/dev"]
     assert {"nosuid", "noexec"} <= dev_opts and "nodev" not in dev_opts
     pts_opts, _ = last["/dev/pts"]  # the reachable (top) one
