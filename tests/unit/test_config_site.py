@@ -8,14 +8,17 @@ from pathlib import Path
 import pytest
 
 from shifter.config.site import (
+    SYSTEM_BIND_SOURCES,
     SiteConfig,
     check_file_trust,
+    check_mount_dirs,
     expand_user_path,
     load_config,
     parse_config,
     parse_lines,
 )
 from shifter.errors import ConfigError
+from shifter.runtime.plan import SYSTEM_BINDS
 
 
 def test_format_comments_continuation() -> None:
@@ -108,3 +111,33 @@ def test_check_file_trust_owner(tmp_path: Path) -> None:
 def test_expand_user_path() -> None:
     assert expand_user_path("~/.local/x", "/home/a") == Path("/home/a/.local/x")
     assert expand_user_path("/abs/x", "/home/a") == Path("/abs/x")
+
+
+# --- udiMount/loopMount outside every tree a container binds -------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "udiMount=/tmp/udi\n", "loopMount=/tmp/shifter/loop\n", "udiMount=/var/tmp/x\n", "loopMount=/dev/shm/l\n",
+    "udiMount=/proc/x\n", "udiMount=/sys/fs/x\n", "udiMount=/tmp\n", "udiMount=/\n",
+    "siteFs=/scratch:/scratch\nudiMount=/scratch/udi\n", "siteFs=/var/lib\n",
+    'siteFs="/var/lib/shifter:/s:ro"\n', "siteFs=/a:/a;/var:/hostvar\n",
+    "module_m_siteFs=/var/lib/shifter/loopMount:/l\n",
+    "udiMount=/srv/u\nloopMount=/srv/u/loop\n",
+], ids=lambda text: text.strip().replace("\n", " "))
+def test_setup_tree_under_a_tree_containers_bind_is_refused(text: str) -> None:
+    config = parse_config(text, "u.conf")
+    with pytest.raises(ConfigError) as info:
+        check_mount_dirs(config)
+    assert info.value.message.startswith("u.conf: ") and "overlap" in info.value.message
+    assert info.value.hint
+
+
+@pytest.mark.parametrize("text", [
+    "", "siteFs=/home;/global/scratch:/scratch:rec\n", "udiMount=/srv/udi\nloopMount=/srv/loop\n",
+    "siteFs=/var/lib/other:/o\n", "udiMount=/tmpfoo/u\n", "siteFs=/var/lib/shifterx:/x\n",
+])
+def test_setup_tree_elsewhere_is_accepted(text: str) -> None:
+    check_mount_dirs(parse_config(text, "u.conf"))
+
+
+def test_system_bind_sources_are_the_plans() -> None:
+    assert tuple(bind[0] for bind in SYSTEM_BINDS) == SYSTEM_BIND_SOURCES

@@ -97,7 +97,7 @@ def setup(argv: Sequence[str]) -> int:
     import dataclasses  # noqa: PLC0415
 
     from shifter.cli.shifter import caller_identity  # noqa: PLC0415
-    from shifter.config.site import config_path, load_config  # noqa: PLC0415
+    from shifter.config.site import check_mount_dirs, config_path, load_config  # noqa: PLC0415
     from shifter.runtime import etc, prepared  # noqa: PLC0415
     from shifter.runtime.linux import fastpath  # noqa: PLC0415
     from shifter.runtime.options import parse_options  # noqa: PLC0415
@@ -118,6 +118,7 @@ def setup(argv: Sequence[str]) -> int:
     # content this setup used (prepared.fast_section compares it again afterwards).
     config_state = _state_or_none(fastpath.file_state, config_path())
     config = load_config(privileged=True)
+    check_mount_dirs(config)
     spec = spec_from_options(opts, os.environ, config, caller_identity(), "/")  # type: ignore[arg-type]
     if prepared.read_record(config) is not None or prepared.is_mountpoint(config.udi_mount):
         raise ContainerError(f"a container is already prepared at {config.udi_mount}",

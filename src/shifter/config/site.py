@@ -361,6 +361,57 @@ def _validate_default_modules(config: SiteConfig) -> None:
                                   f"'{mod.name}' and '{clash[0]}'")
 
 
+# Host trees every container binds (``runtime.plan.SYSTEM_BINDS``; a test holds the two equal).
+SYSTEM_BIND_SOURCES = ("/proc", "/sys", "/dev", "/tmp", "/var/tmp")
+
+
+def paths_overlap(a: str, b: str) -> bool:
+    """True when one of two normalised absolute paths is the other or lies below it."""
+    return a == b or b.startswith(a.rstrip("/") + "/") or a.startswith(b.rstrip("/") + "/")
+
+
+def site_fs_sources(entries: tuple[str, ...]) -> list[str]:
+    """The host paths of ``siteFs`` entries (``src:dst[:flags]``, ``/path`` alone, ``"..."``),
+    normalised; what ``runtime.volumes`` parses, without its checks (it reports bad entries)."""
+    sources = []
+    for entry in entries:
+        item = entry.strip()
+        if len(item) >= 2 and item[0] == '"' and item[-1] == '"':
+            item = item[1:-1].strip()
+        source = item.split(":", 1)[0]
+        if source.startswith("/"):
+            sources.append(os.path.normpath(source))
+    return sources
+
+
+def check_mount_dirs(config: SiteConfig) -> None:
+    """``udiMount`` and ``loopMount`` must lie outside every host tree a container binds.
+
+    The container tree is built at ``udiMount`` (the image at ``loopMount``) while the host's
+    ``/tmp``, ``/var/tmp``, ``/dev``, ``/proc``, ``/sys`` and the ``siteFs`` sources are bound into
+    it recursively: below one of them, the tree would be bound into itself (and the image, a
+    private one included, shown at a second place).  Checked by the runtime before it mounts
+    anything (``runtime.launch.validate``, ``shifter-setup``), not when the file is parsed: the
+    image gateway and ``shifterimg`` do not build containers.
+    """
+    where = config.source or "udiRoot.conf"
+    hint = "put udiMount and loopMount where no container binds, e.g. under /var/lib/shifter"
+    mounts = (("udiMount", config.udi_mount), ("loopMount", config.loop_mount))
+    if paths_overlap(config.udi_mount, config.loop_mount):
+        raise ConfigError(f"{where}: udiMount {config.udi_mount} and loopMount {config.loop_mount} overlap",
+                          hint="use two separate directories, neither inside the other")
+    site = site_fs_sources(config.site_fs) + [src for mod in config.modules for src in site_fs_sources(mod.site_fs)]
+    for key, path in mounts:
+        for tree in SYSTEM_BIND_SOURCES:
+            if paths_overlap(path, tree):
+                raise ConfigError(f"{where}: {key} {path} overlaps {tree}, which every container binds "
+                                  "(the container tree would show up inside itself)", hint=hint)
+        for source in site:
+            if paths_overlap(path, source):
+                raise ConfigError(f"{where}: {key} {path} overlaps the siteFs source {source} "
+                                  "(the container tree would show up inside itself)", hint=hint)
+
+
 def check_file_trust(path: str, st: os.stat_result) -> None:
     """When running privileged, the config must be a root-owned regular file that is not
     group/world-writable."""
@@ -434,5 +485,6 @@ def expand_user_dir(path: str, home: str | None = None) -> str:
     return path
 
 
-__all__ = ["DEFAULT_CONFIG_PATH", "ModuleConfig", "SiteConfig", "check_file_trust", "config_path",
-           "expand_user_dir", "expand_user_path", "load_config", "parse_config", "parse_lines"]
+__all__ = ["DEFAULT_CONFIG_PATH", "SYSTEM_BIND_SOURCES", "ModuleConfig", "SiteConfig", "check_file_trust",
+           "check_mount_dirs", "config_path", "expand_user_dir", "expand_user_path", "load_config", "parse_config",
+           "parse_lines", "paths_overlap", "site_fs_sources"]
