@@ -276,10 +276,6 @@ def mount_root_tmpfs(op: p.MountRootTmpfs, ctx: Context) -> None:
         _allow_only(ctx.root_fd, op.only_for)
 
 
-# POSIX ACL xattr (linux/posix_acl_xattr.h): version 2, then (tag, perm, id) entries sorted by tag.
-_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
-_NO_ID = 0xFFFFFFFF
-
 
 def _allow_only(root_fd: int, uid: int) -> None:
     """Let ``uid`` (and root) into a root tmpfs mounted with mode 0700, and nobody else.
@@ -293,12 +289,12 @@ def _allow_only(root_fd: int, uid: int) -> None:
     tmpfs): its owner could rename and replace the tree's top-level entries, its ``/etc``
     included, while root builds it, and chmod it open.
     """
-    entries = ((_ACL_USER_OBJ, 7, _NO_ID), (_ACL_USER, 5, uid), (_ACL_GROUP_OBJ, 0, _NO_ID),
-               (_ACL_MASK, 5, _NO_ID), (_ACL_OTHER, 0, _NO_ID))
-    data = (2).to_bytes(4, "little") + b"".join(
-        tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
-        for tag, perm, ident in entries)
-    os.setxattr(fsutil.fd_path(root_fd), "system.posix_acl_access", data)
+    from shifter.store import access  # noqa: PLC0415  (prepared setup only)
+
+    data = access.acl_xattr([(access.ACL_USER_OBJ, 7, access.NO_ID), (access.ACL_USER, 5, uid),
+                             (access.ACL_GROUP_OBJ, 0, access.NO_ID), (access.ACL_MASK, 5, access.NO_ID),
+                             (access.ACL_OTHER, 0, access.NO_ID)])
+    os.setxattr(fsutil.fd_path(root_fd), access.XATTR, data)
     if stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o007:
         raise ContainerError("the prepared container root is open to other users",
                              hint="this is a bug in shifter; please report it")
