@@ -100,7 +100,7 @@ class Helper:
                 _abort_quietly(number)
 
     def _track(self, pid: int) -> None:
-        fd = os.pidfd_open(pid)
+        fd = _pidfd(pid)
         with self._lock:
             self._pidfds.append(fd)
             if self.fired:
@@ -124,9 +124,10 @@ class Helper:
             except (ContainerError, OSError):
                 daemons = []
             for pid in daemons:
-                fd = os.pidfd_open(int(pid))  # H's unreaped child: the pid is still the daemon's
+                fd = _pidfd(int(pid))  # H's unreaped child: the pid is still the daemon's
                 _kill_quietly(fd)
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
         self.release()
 
     def release(self) -> None:
@@ -140,7 +141,8 @@ class Helper:
             self.pid = 0
         with self._lock:
             for fd in self._pidfds:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             self._pidfds = []
 
     # --- talking to H ---------------------------------------------------------------------------
@@ -280,9 +282,13 @@ def connection_of(mountpoint: str, fstype: str = "fuse.squashfuse") -> int:
 def mounts(fstype: str = "fuse.squashfuse") -> list[tuple[int, str]]:
     """``(connection, mount point)`` of every ``fstype`` mount in our namespace, oldest first."""
     with open("/proc/self/mountinfo", "rb") as handle:
-        lines = handle.read().decode("utf-8", "surrogateescape").splitlines()
+        return parse_mountinfo(handle.read().decode("utf-8", "surrogateescape"), fstype)
+
+
+def parse_mountinfo(text: str, fstype: str) -> list[tuple[int, str]]:
+    """:func:`mounts` of a mountinfo text."""
     found = []
-    for line in lines:
+    for line in text.splitlines():
         fields, _, rest = line.partition(" - ")
         parts = fields.split()
         if len(parts) >= 5 and rest.split(" ", 1)[0] == fstype:
@@ -341,9 +347,23 @@ def _abort_quietly(number: int) -> None:
         pass  # already gone (the daemon died, or the mount went away)
 
 
+def _pidfd(pid: int) -> int:
+    """A pidfd on ``pid``; ``-pid`` on kernels without pidfds (< 5.3), where we fall back to the
+    pid itself (safe while H holds the process unreaped; a small window after that)."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:
+            raise
+        return -pid
+
+
 def _kill_quietly(pidfd: int) -> None:
-    try:  # noqa: SIM105
-        _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
+    try:
+        if pidfd < 0:
+            os.kill(-pidfd, _signal.SIGKILL)
+        else:
+            _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
     except OSError:
         pass  # already exited
 
@@ -352,14 +372,15 @@ def kill_daemon(pid: int, start_time: int) -> None:
     """SIGKILL ``pid`` if it still is the process that started at ``start_time`` (clock ticks
     after boot, ``/proc/PID/stat`` field 22): the pidfd pins the process, the check its identity."""
     try:
-        fd = os.pidfd_open(pid)
+        fd = _pidfd(pid)
     except OSError:
         return
     try:
         if process_start_time(pid) == start_time:
             _kill_quietly(fd)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def process_start_time(pid: int) -> int:
