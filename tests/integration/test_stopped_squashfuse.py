@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,7 @@ from tests.fixtures.stopper import Stopper, squashfuse_processes
 
 pytestmark = pytest.mark.integration
 
-IMAGE_ID = "6" * 64
+IMAGE_ID = secrets.token_hex(32)  # unique: other suites on the node may attach loop devices too
 IMAGE = "docker:mine:stop"
 
 
@@ -100,6 +102,11 @@ def _mounts_under(path: Path) -> list[str]:
 
 def _assert_nothing_left(site: Site) -> None:
     assert _mounts_under(site.root) == []
+    # SIGKILL is delivered asynchronously: give a killed daemon the moment it needs to exit.
+    for _ in range(100):
+        if not squashfuse_processes(TEST_UID, str(site.squashfs)):
+            break
+        time.sleep(0.1)
     assert squashfuse_processes(TEST_UID, str(site.squashfs)) == []
     assert loop_devices(str(site.root), IMAGE_ID) == []
     assert not Path(f"{site.udi}.json").exists()
@@ -118,6 +125,7 @@ def _stopped_run(site: Site, which: str, argv: list[str]) -> tuple[subprocess.Co
         with Stopper(site.squashfs, TEST_USER, TEST_UID, which) as stopper:
             res = subprocess.run(argv, env=shifter_env(site.config), capture_output=True, text=True, timeout=120,
                                  check=False, cwd="/", stdin=subprocess.DEVNULL)
+        assert not stopper.errors, stopper.errors
         return res, stopper.stopped
     finally:
         _tool(site.config, "shifter-teardown")  # only matters if the test fails
