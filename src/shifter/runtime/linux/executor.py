@@ -144,8 +144,8 @@ def _fuse_timeout(ctx: Context) -> ContainerError:
     source, owner, seconds = (op.source, op.owner, op.timeout) if op else ("the image", "", 0.0)
     return FuseTimeout(f"squashfuse serving {source} (run as {owner or ctx.user[0]}) did not answer within "
                        f"{seconds:g} s; the container was not set up",
-                       hint="the daemon was stopped or hangs (SIGSTOP, a debugger); do not stop squashfuse "
-                            "while shifter starts, then try again (the site sets the limit: fuseTimeout)")
+                       hint="the daemon was stopped or hung (SIGSTOP, a debugger): leave squashfuse running "
+                            "while shifter starts and try again; the site's limit is fuseTimeout")
 
 
 def _describe(op: p.Op) -> str:
