@@ -27,9 +27,11 @@ TOOLS = [
     ("shifterimg", ("pull", "docker:busybox:latest")),
     ("shifter-gateway", ("status",)),
     ("shifter-setup", ("--image=docker:busybox:latest", f"--user={TEST_USER}")),
+    ("shifter-teardown", ()),
     ("shifter", ("--image=docker:busybox:latest", "/bin/true")),
 ]
-IDS = [f"{tool} {args[0]}" for tool, args in TOOLS]
+IDS = [" ".join([tool, *args[:1]]) for tool, args in TOOLS]
+ROOT_ONLY = ("shifter-setup", "shifter-teardown")
 
 
 @pytest.fixture
@@ -91,8 +93,8 @@ def test_root_refuses_an_untrusted_or_missing_config(base: Path, tool: str, args
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="runs the tools as the test user through runuser")
-@pytest.mark.parametrize(("tool", "args"), [t for t in TOOLS if t[0] != "shifter-setup"],
-                         ids=[i for i in IDS if not i.startswith("shifter-setup")])
+@pytest.mark.parametrize(("tool", "args"), [t for t in TOOLS if t[0] not in ROOT_ONLY],
+                         ids=[i for i, t in zip(IDS, TOOLS, strict=True) if t[0] not in ROOT_ONLY])
 def test_user_with_a_missing_named_config_gets_an_error_not_defaults(base: Path, tool: str,
                                                                      args: tuple[str, ...]) -> None:
     ensure_user()
