@@ -50,11 +50,11 @@ class Cluster:
         return {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "SHIFTER_CONFIG": str(self.config), "SLURM_CONF": self.conf,
                 "HOME": str(self.work), **extra}
 
-    def as_user(self, cmd: list[str], user: str = TEST_USER, timeout: float = 120,
+    def as_user(self, cmd: list[str], user: str = TEST_USER, timeout: float = 120, stdin: str | None = None,
                 **extra: str) -> subprocess.CompletedProcess[str]:
         env = [f"{k}={v}" for k, v in self.env(USER=user, **extra).items()]
         return subprocess.run(["runuser", "-u", user, "--", "env", "-i", *env, *cmd], cwd=str(self.work),
-                              capture_output=True, text=True, timeout=timeout, check=False)
+                              capture_output=True, text=True, timeout=timeout, check=False, input=stdin)
 
     def slurm(self, cmd: list[str]) -> str:
         return subprocess.run(cmd, env={**os.environ, "SLURM_CONF": self.conf}, capture_output=True, text=True,
@@ -244,6 +244,26 @@ def test_bad_volume_fails_the_job_with_the_reason_and_drains_no_node(cluster: Cl
     _assert_clean(cluster, job)
 
 
+def test_image_gone_before_the_job_starts_fails_the_job_with_the_reason_and_drains_no_node(cluster: Cluster) -> None:
+    gone_id, ref = "e5" * 32, "docker.io/test/gone:1"
+    rootfs = cluster.base / "rootfs-gone"
+    build_rootfs(rootfs)
+    publish(cluster.store, rootfs, ref, gone_id)
+    shutil.rmtree(rootfs)
+    for path in cluster.store.glob(f"{gone_id}.*"):
+        os.chmod(path, 0o644)
+    script = _script(cluster, "gone.sh", "srun shifter true\n")
+    job = _sbatch(cluster, "-N2", "--hold", "--image=docker:test/gone:1", "-o", str(cluster.work / "out.%j"),
+                  str(script))
+    for path in cluster.store.glob(f"{gone_id}.*"):  # removed after submission, before the job runs
+        path.unlink()
+    cluster.slurm(["scontrol", "release", job])
+    _wait_gone(cluster, job)
+    out = _output(cluster, job)
+    assert f"shifter: error: no image with id {gone_id}" in out, out
+    _assert_clean(cluster, job)
+
+
 def _running_with_container(cluster: Cluster, job: str, node: str = "n1", work: Path | None = None) -> None:
     record = cluster.jobs / f"{node}.{job}" / "udiMount.json"
     _wait(f"job {job} to run", lambda: _job_state(cluster, job) == "RUNNING" and record.exists())
@@ -293,6 +313,13 @@ def test_other_user_cannot_enter_the_jobs_container(cluster: Cluster) -> None:
         cluster.slurm(["scancel", job])
     _wait_gone(cluster, job)
     _assert_clean(cluster, job)
+
+
+def test_job_script_on_stdin_reaches_slurm_untouched_by_the_plugin(cluster: Cluster) -> None:
+    result = cluster.as_user(["sbatch", "--parsable", "-N1", f"--image={IMAGE}", "-o", str(cluster.work / "out.%j"),
+                              "--wait"], stdin="#!/bin/sh\nsrun shifter cat /etc/os-release\n")
+    assert result.returncode == 0, result.stderr
+    assert "NAME=imageA" in _output(cluster, result.stdout.strip().split(";")[0])
 
 
 def test_srun_and_salloc_with_image_run_without_a_batch_script(cluster: Cluster) -> None:

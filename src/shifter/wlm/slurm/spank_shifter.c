@@ -16,6 +16,7 @@
  * plugstack.conf:  optional /opt/shifter/lib/spank_shifter.so python=/opt/shifter/venv/bin/python [pull=yes]
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +99,8 @@ static int run_helper(char *out, size_t size)
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        int null = open("/dev/null", O_RDONLY);  /* `sbatch < job.sh`: the script is not ours to read */
+        if (null >= 0) { dup2(null, STDIN_FILENO); close(null); }
         dup2(fds[1], STDOUT_FILENO);
         close(fds[0]); close(fds[1]);
         execv(python, argv);
