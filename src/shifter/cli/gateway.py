@@ -22,6 +22,7 @@ from typing import NoReturn
 
 import click
 
+from shifter.cli.boundary import EXIT_INTERRUPTED, exit_quietly, guard, usage_error, wants_verbose
 from shifter.config.site import load_config, parse_size
 from shifter.errors import ShifterError
 from shifter.gateway.repository import redact
@@ -35,7 +36,9 @@ def _service() -> ImageService:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="On an unexpected error, show its full trace.")
+@click.version_option(package_name="shifter", prog_name=PROG)
+def cli(verbose: bool) -> None:
     """Administer the image store that shifterimg and shifter use."""
 
 
@@ -91,11 +94,16 @@ def run(argv: Sequence[str]) -> int:
         click.echo(f"{PROG}: error: {err.render()}", err=True)
         return err.exit_code
     except click.ClickException as err:
-        err.show()
-        return 2
+        command = err.ctx.command_path if isinstance(err, click.UsageError) and err.ctx else PROG
+        return usage_error(PROG, err.format_message(), command)
+    except click.exceptions.Abort:
+        click.echo(f"{PROG}: interrupted", err=True)
+        return EXIT_INTERRUPTED
     except click.exceptions.Exit as err:
         return err.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    sys.exit(run(sys.argv[1:] if argv is None else argv))
+    """Console entry point; any exception becomes one line and an exit code (:mod:`shifter.cli.boundary`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    exit_quietly(guard(PROG, lambda: run(args), verbose=wants_verbose(args)))

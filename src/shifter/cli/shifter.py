@@ -110,6 +110,10 @@ def run(argv: "Sequence[str]") -> int:
     if opts.help:
         sys.stdout.write(USAGE)
         return 0
+    if opts.version:
+        from shifter.cli.boundary import print_version  # noqa: PLC0415
+
+        return print_version(PROG)
     privileged = check_not_setuid()
     config = load_config(privileged=privileged)
     caller, cwd = caller_identity(), current_dir()
@@ -125,23 +129,22 @@ def run(argv: "Sequence[str]") -> int:
 
 def main(argv: "Sequence[str] | None" = None) -> int:
     """Console entry point.  Run as a command (``argv`` None), a prepared container that serves
-    this request is entered by the fast path; anything else takes the full path."""
-    if argv is None:
+    this request is entered by the fast path; anything else takes the full path.  Whatever is
+    raised becomes one line and an exit code (:mod:`shifter.cli.boundary`)."""
+    from shifter.cli.boundary import guard, wants_verbose  # noqa: PLC0415
+
+    args = sys.argv[1:] if argv is None else argv
+    return guard(PROG, lambda: _main(args, fast=argv is None), verbose=wants_verbose(args))
+
+
+def _main(args: "Sequence[str]", fast: bool) -> int | None:
+    if fast:
         from shifter.runtime.linux import fastpath  # noqa: PLC0415
 
-        status = fastpath.try_enter(sys.argv[1:])  # returns only if it did not enter
+        status = fastpath.try_enter(list(args))  # returns only if it did not enter
         if status is not None:
             return status
-    from shifter.errors import ShifterError  # noqa: PLC0415
-
-    try:
-        return run(sys.argv[1:] if argv is None else argv)
-    except ShifterError as err:
-        sys.stderr.write(f"{PROG}: error: {err.render()}\n")
-        return err.exit_code
-    except KeyboardInterrupt:
-        return 130
-
+    return run(args)
 
 if __name__ == "__main__":
     sys.exit(main())

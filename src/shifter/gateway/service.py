@@ -349,9 +349,9 @@ class ImageService:
         store, image_id = self._find(ref_text, allow_busy=True)
         record = self.repo.get(image_id) if store is self.store else None
         info: dict[str, Any] = {}
-        if store.is_ready(image_id):
+        if store.is_ready(image_id) or record is None:  # no record: the files are all there is
             info.update(store.read_metadata(image_id))
-        elif record is not None:
+        else:
             info.update(record.to_json())
         info["tags"] = sorted(f"{t}:{r}" for t, r, i in store.tags() if i == image_id)
         info["status"] = record.status.value if record is not None else info.get("status", "READY")
