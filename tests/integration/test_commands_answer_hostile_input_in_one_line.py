@@ -162,3 +162,13 @@ def test_every_command_has_a_version(world: World) -> None:
     for prog in COMMANDS:
         proc = world.run(prog, "--version")
         assert proc.returncode == 0 and proc.stdout.startswith(f"{prog}, version "), proc.stderr
+
+
+def test_hung_and_trickling_registries_fail_within_registry_timeout(world: World) -> None:
+    """registryTimeout=CONNECT,IDLE,TOTAL: a registry that never answers fails after the retries of
+    IDLE; one that sends a byte every 0.3 s (never idle) fails after TOTAL for the blob."""
+    world.conf.write_text(world.conf.read_text() + "registryTimeout=2,1,3\n")
+    for repo, words in (("hang", "timed out"), ("trickle", "did not deliver blob")):
+        proc = world.run("shifterimg", "pull", f"{world.registry}/{repo}/app:1", timeout=60)
+        assert_one_error_line(proc, "shifterimg", 7)
+        assert f"registry {world.registry}" in proc.stderr and words in proc.stderr

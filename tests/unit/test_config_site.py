@@ -108,3 +108,11 @@ def test_check_file_trust_owner(tmp_path: Path) -> None:
 def test_expand_user_path() -> None:
     assert expand_user_path("~/.local/x", "/home/a") == Path("/home/a/.local/x")
     assert expand_user_path("/abs/x", "/home/a") == Path("/abs/x")
+
+
+def test_registry_timeout_is_connect_idle_total_seconds() -> None:
+    assert SiteConfig().registry_timeout == (10, 30, 3600)
+    assert parse_config("registryTimeout=5, 20 ,600\n").registry_timeout == (5, 20, 600)
+    for bad in ("5,20", "0,1,2", "a,b,c", "1,2,3,4", "-1,2,3"):
+        with pytest.raises(ConfigError, match="registryTimeout"):
+            parse_config(f"registryTimeout={bad}\n")

@@ -54,6 +54,7 @@ def status(as_json: bool) -> None:
         "database": redact(service.choice.database_url),
         "cache": str(service.cache.root),
         "cache_bytes": service.cache.total_size(),
+        "partial_bytes": service.cache.partial_size(),
         "cache_max_bytes": service.config.cache_max_size,
         "images": dict(sorted(counts.items())),
     }
@@ -69,10 +70,13 @@ def status(as_json: bool) -> None:
 @cli.command()
 def recover() -> None:
     """Clean up after pulls whose process died (kill -9, node crash)."""
-    cleaned = _service().recover()
+    service = _service()
+    before = service.cache.partial_size()
+    cleaned = service.recover(partials=True)
     for image_id in cleaned:
         click.echo(f"recovered {image_id[:12]}: marked FAILED, work files removed")
-    click.echo(f"{len(cleaned)} interrupted pull(s) cleaned up")
+    click.echo(f"{len(cleaned)} interrupted pull(s) cleaned up; "
+               f"{before - service.cache.partial_size()} bytes of partial downloads removed")
 
 
 @cli.command()
@@ -81,8 +85,10 @@ def prune(max_size: str | None) -> None:
     """Delete least-recently-used blobs until the cache fits its size cap."""
     service = _service()
     limit = parse_size("--max-size", max_size) if max_size is not None else service.config.cache_max_size
+    freed = service.cache.clean_partials()  # left by pulls that died: never resumed by anyone now
     removed = service.cache.prune(max_size=limit)
-    click.echo(f"removed {len(removed)} blob(s); cache now {service.cache.total_size()} bytes")
+    click.echo(f"removed {len(removed)} blob(s) and {freed} bytes of partial downloads; "
+               f"cache now {service.cache.total_size()} bytes")
 
 
 def run(argv: Sequence[str]) -> int:

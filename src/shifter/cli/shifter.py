@@ -16,6 +16,7 @@ import sys
 
 TYPE_CHECKING = False  # typing, collections: not on the launch path
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Mapping, Sequence
 
 PROG = "shifter"
@@ -89,11 +90,51 @@ def pull(request: str, privileged: bool) -> None:
 
     cmd = [sys.executable, "-m", "shifter.cli.shifterimg", "pull", request]
     sys.stdout.flush()
-    result = subprocess.run(cmd, env=helper_env(os.environ, privileged), stdin=subprocess.DEVNULL,
-                            stdout=sys.stderr.fileno(), check=False)
-    if result.returncode != 0:
-        raise ContainerError(f"pulling {request} failed (shifterimg exit status {result.returncode})",
+    child = subprocess.Popen(cmd, env=helper_env(os.environ, privileged), stdin=subprocess.DEVNULL,
+                             stdout=sys.stderr.fileno())
+    returncode = wait_for_pull(child, request)
+    if returncode != 0:
+        raise ContainerError(f"pulling {request} failed (shifterimg exit status {returncode})",
                              hint=f"run 'shifterimg pull {request}' to see why")
+
+
+PULL_GRACE_S = 30.0  # how long an interrupted pull may take to record its failure
+
+
+def wait_for_pull(child: "subprocess.Popen[bytes]", request: str) -> int:
+    """Wait for the ``shifterimg pull`` child.  On Ctrl-C (which the terminal sends to the child
+    too) let it record its failure and clean up, instead of killing it: pass the interrupt on
+    (in case only we got it), wait a bounded time, then report one line."""
+    import signal  # noqa: PLC0415
+
+    from shifter.errors import Interrupted  # noqa: PLC0415
+
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the wait
+        try:
+            _stop_pull(child)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    raise Interrupted(f"interrupted while pulling {request}; the pull stopped and recorded it",
+                      hint=f"run 'shifterimg pull {request}' to pull it again (it resumes the download)")
+
+
+def _stop_pull(child: "subprocess.Popen[bytes]") -> None:
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    try:
+        child.wait(timeout=1.0)  # it got the terminal's SIGINT too
+        return
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGINT)
+    try:
+        child.wait(timeout=PULL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def run(argv: "Sequence[str]") -> int:

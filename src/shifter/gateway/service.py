@@ -306,32 +306,50 @@ class ImageService:
     def _failure_guard(self, image_id: str) -> _FailureGuard:
         return _FailureGuard(self, image_id)
 
-    def recover(self) -> list[str]:
-        """Clean the work files of pulls whose process died; mark them FAILED.  Returns their ids."""
+    def recover(self, *, partials: bool = False) -> list[str]:
+        """Clean the work files of pulls whose process died; mark them FAILED.  Returns their ids.
+
+        ``partials``: also delete the blob cache's partial downloads that no process is writing
+        (``shifter-gateway recover``; a pull keeps them, to resume them).
+        """
         cleaned = publish.recover_stale_work(self.store)
         with contextlib.suppress(StoreError, OSError):  # best effort: a read-only cache is not an error
             self.cache.clean_stale_imports()
+            if partials:
+                self.cache.clean_partials()
         for record in self.repo.list_images():
-            if record.status.busy and record.id not in cleaned and self._is_stale(record.id):
+            if record.status.busy and self._fail_if_dead(record.id) and record.id not in cleaned:
                 cleaned.append(record.id)
-        for image_id in cleaned:
-            stale = self.repo.get(image_id)
-            if stale is not None and stale.status.busy:
-                self.repo.set_status(image_id, Status.FAILED,
-                                     f"interrupted: the pulling process ({stale.worker}) died; pull again")
         return cleaned
 
-    def _is_stale(self, image_id: str) -> bool:
-        """True when nobody holds the image's lock (its puller is gone)."""
+    def settle_dead_pullers(self) -> None:
+        """Mark FAILED, at once, the pulls whose process is gone (``kill -9``, a reboot, Ctrl-C on an
+        auto-pull), so that ``lookup``/``images``/``inspect`` never tell users to wait for a dead one."""
+        for record in self.repo.list_images():
+            if record.status.busy:
+                self._fail_if_dead(record.id)
+
+    def _fail_if_dead(self, image_id: str) -> bool:
+        """Under the image's lock (free: its puller is dead, the kernel dropped the lock), a record
+        still PULLING/CONVERTING becomes FAILED and the pull's work files go.  True if it did."""
         lock = publish.image_lock(self.store, image_id)
-        if lock.acquire(blocking=False):
-            lock.release()
+        if not lock.acquire(blocking=False):
+            return False  # a live puller holds it
+        try:
+            stale = self.repo.get(image_id)
+            if stale is None or not stale.status.busy:
+                return False
+            publish.clean_work(self.store, image_id)
+            self.repo.set_status(image_id, Status.FAILED, f"interrupted: the pulling process "
+                                                          f"({stale.worker or 'unknown'}) died; pull again")
             return True
-        return False
+        finally:
+            lock.release()
 
     # --- queries -----------------------------------------------------------------------
     def lookup(self, ref_text: str) -> str:
         """The id of a READY image (searching this store, then the read-only ones)."""
+        self.settle_dead_pullers()
         store, image_id = self._find(ref_text)
         if store.is_ready(image_id):
             return image_id
@@ -339,6 +357,7 @@ class ImageService:
 
     def images(self) -> list[dict[str, Any]]:
         """One JSON-able row per tag (and per untagged image) in every store this service sees."""
+        self.settle_dead_pullers()
         rows = self._primary_rows()
         for other in self.choice.also_search:
             rows += store_rows(other, "site", self.config.system)
@@ -346,6 +365,7 @@ class ImageService:
 
     def inspect(self, ref_text: str) -> dict[str, Any]:
         """Metadata, tags and status of one image (READY or not)."""
+        self.settle_dead_pullers()
         store, image_id = self._find(ref_text, allow_busy=True)
         record = self.repo.get(image_id) if store is self.store else None
         info: dict[str, Any] = {}
