@@ -40,7 +40,7 @@ from shifter.errors import (
     UsageError,
 )
 from shifter.gateway.acl import PUBLIC, ImageAcl
-from shifter.gateway.conversion import Converter, Flattener, SquashfsBuilder, StreamBuilder
+from shifter.gateway.conversion import Converter, Flattener, SquashfsBuilder, StreamBuilder, layers_text
 from shifter.gateway.listing import image_row, store_rows
 from shifter.gateway.models import ImageRecord, Status
 from shifter.gateway.progress import NullProgress, ProgressSink
@@ -124,7 +124,7 @@ class ImageService:
             self._start(image_id, _resolved_digest(resolved), image_type=image_type, source=str(ref),
                         caller=caller, progress=progress)
             total = sum(int(d.size) for d in descriptors)
-            message = f"downloading {len(descriptors)} layers ({_mb(total)}) of {ref}"
+            message = f"downloading {layers_text(len(descriptors))} ({_mb(total)}) of {ref}"
             self.repo.set_status(image_id, Status.PULLING, message, compressed_size=total)
             progress.phase("pulling", message)
             paths = registry.fetch_blobs(ref, descriptors, self.cache, progress)
@@ -662,3 +662,4 @@ def _utcnow() -> dt.datetime:
 
 
 __all__ = ["Flattener", "ImageService", "Registry", "SquashfsBuilder", "StreamBuilder", "archive_names"]
+
