@@ -33,6 +33,10 @@ Anything else that reaches a command's boundary is a bug: exit 70 (``shifter.cli
 
 from __future__ import annotations
 
+#: The hint of every :class:`DiskFullError` of the image store, whichever step filled it up.
+DISK_FULL_HINT = ("free space in the image store (remove old images with 'shifterimg rm', or ask an admin), "
+                  "then pull again")
+
 
 class ShifterError(Exception):
     """Base of every error Shifter raises on purpose."""

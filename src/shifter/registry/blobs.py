@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from shifter.errors import (
+    DISK_FULL_HINT,
     DigestMismatchError,
     DiskFullError,
     ImageNotFoundError,
@@ -80,7 +81,7 @@ class _Progress:
 
 def _storage_error(path: Path, err: OSError) -> StoreError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"no space left writing {path}", hint="free space in the image cache or store")
+        return DiskFullError(f"no space left writing {path}", hint=DISK_FULL_HINT)
     return StoreError(f"cannot write {path}: {err.strerror}", hint="check the cache directory's permissions")
 
 

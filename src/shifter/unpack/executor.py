@@ -26,7 +26,7 @@ import stat
 from pathlib import Path
 from typing import IO
 
-from shifter.errors import DiskFullError, LayerError, StoreError
+from shifter.errors import DISK_FULL_HINT, DiskFullError, LayerError, StoreError
 from shifter.unpack.planner import (
     MakeDir,
     MakeLink,
@@ -192,7 +192,7 @@ def _write_error(op: Op, exc: OSError) -> Exception:
     where = show(op.path)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"no space left while writing '/{where}' of the flattened image",
-                             hint="free space in the image store (or raise the quota) and pull again")
+                             hint=DISK_FULL_HINT)
     if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST, errno.ENOENT):
         # The disk does not look like the plan: never resolve that by following a link.
         return LayerError(f"refusing to write '/{where}': the tree on disk does not match the plan "
