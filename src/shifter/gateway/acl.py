@@ -64,6 +64,12 @@ class ImageAcl:
     def same_as(self, other: ImageAcl) -> bool:
         return self.to_json() == other.to_json()
 
+    def allows(self, uid: int, gid: int, groups: Sequence[int] = ()) -> bool:
+        """May this user run the image?  (The runtime's ``check_access``, for the gateway's use.)"""
+        if not self.private or uid == 0 or uid in self.users or gid in self.groups:
+            return True
+        return bool(set(groups).intersection(self.groups))
+
 
 PUBLIC = ImageAcl()
 

@@ -106,6 +106,8 @@ class ImageService:
         image_id = _resolved_digest(resolved).split(":", 1)[1]
         top = getattr(resolved, "top_digest", None)
         record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top, acl=acl)
+        if record is None:
+            record = self._share_site_image(image_type, str(ref), image_id, caller, progress, acl=acl)
         if record is not None:
             return record
         with self._image_lock(image_id, progress):
@@ -249,6 +251,31 @@ class ImageService:
         assert record is not None
         progress.phase("done", f"image {image_id[:12]} is READY as {image_type}:{tag}")
         return record
+
+    def _share_site_image(self, image_type: str, tag: str, image_id: str, caller: Caller,
+                          progress: ProgressSink, *, acl: ImageAcl | None = None) -> ImageRecord | None:
+        """A per-user pull of an image the site store has READY (and the caller may run): point the
+        user's tag at the site's image instead of keeping a second copy (docs/internals.md).  The
+        runtime, ``lookup`` and ``images`` follow such a tag into the site store; if the site removes
+        the image, they say to pull again.  A private pull (``-u``/``-g``) keeps its own copy."""
+        if self.choice.kind != "user" or acl is not None:
+            return None
+        for site in self.choice.also_search:
+            if not site.is_ready(image_id):
+                continue
+            meta = site.read_metadata(image_id)
+            if not ImageAcl.from_json(meta.get("acl")).allows(caller.uid, caller.gid, caller.groups):
+                continue
+            with publish.tags_lock(self.store):
+                publish.set_tag(self.store, image_type, tag, image_id)
+                self.repo.remove_tag(image_type, tag)  # the database only knows this store's images
+            progress.phase("done", f"image {image_id[:12]} is READY in the site store {site.root}; "
+                                   f"{image_type}:{tag} now points at it (no copy made)")
+            return ImageRecord(id=image_id, digest=str(meta.get("digest", f"sha256:{image_id}")),
+                               type=str(meta.get("type", image_type)), status=Status.READY,
+                               status_message=f"in the site store {site.root}", source=str(meta.get("source", "")),
+                               size=int(str(meta.get("size", 0))), acl=_acl(meta.get("acl")))
+        return None
 
     def _settle_acl(self, image_id: str, caller: Caller, requested: ImageAcl | None,
                     progress: ProgressSink) -> None:
@@ -501,7 +528,7 @@ class ImageService:
             else:
                 image_id = store.resolve_tag(image_type, str(value)) or ""
             if image_id:
-                return store, image_id
+                return self._holder(store, image_id), image_id
         busy = self._busy_for(image_type, str(value)) if image_type != "id" else None
         if busy is not None:
             if allow_busy:
@@ -509,6 +536,13 @@ class ImageService:
             raise self._not_ready(ref_text, busy.id)
         raise ImageNotFoundError(f"image {ref_text} is not in the image store",
                                  hint=f"pull it first: shifterimg pull {ref_text}")
+
+    def _holder(self, store: ImageStore, image_id: str) -> ImageStore:
+        """The store that holds ``image_id``'s files: ``store``, or for a per-user tag that points at
+        a site image (:meth:`_share_site_image`), the site store (``store`` if none has them)."""
+        if store.image_files_exist(image_id) or self.repo.get(image_id) is not None:
+            return store
+        return next((other for other in self._stores() if other.image_files_exist(image_id)), store)
 
     def _busy_for(self, image_type: str, source: str) -> ImageRecord | None:
         matches = [r for r in self.repo.list_images() if r.type == image_type and r.source == source
@@ -557,7 +591,8 @@ class ImageService:
             if not record.tags:
                 rows.append(base)
         known = {record.id for record in records}
-        for row in store_rows(self.store, self.choice.kind, self.config.system):  # what the DB does not know
+        for row in store_rows(self.store, self.choice.kind, self.config.system,  # what the DB does not know
+                              elsewhere=self.choice.also_search):
             if (row["type"], row["tag"]) not in seen and (row["tag"] is not None or row["id"] not in known):
                 rows.append(row)
         return rows

@@ -209,6 +209,10 @@ class ImageStore:
             raise StoreError(f"{path} is not a JSON object", hint="pull the image again")
         return data
 
+    def image_files_exist(self, image_id: str) -> bool:
+        """Does this store hold any file of ``image_id`` (its metadata or its squashfs)?"""
+        return exists(self.metadata_file(image_id)) or exists(self.squashfs_file(image_id))
+
     def is_ready(self, image_id: str) -> bool:
         """True iff both files exist and the json says READY (the runtime's only test)."""
         try:
