@@ -491,3 +491,13 @@ def test_prepared_container_with_user_store_image_and_cache_leaves_nothing(site:
                               check=False)
     assert down.returncode == 0, down.stderr
     assert _wait_gone(lambda: _leftovers(site)) == []
+
+
+@MODES
+def test_missing_workdir_is_said_on_stderr(site: Site, runner: Runner) -> None:
+    """``--workdir=/nonexistent`` runs in ``/`` (as NERSC Shifter does), and says so on stderr."""
+    res = runner(site, "--workdir=/nonexistent", "sh", "-c", "pwd")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "/"
+    assert "shifter: warning: working directory /nonexistent does not exist in the container; using /" \
+        in res.stderr
