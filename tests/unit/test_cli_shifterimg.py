@@ -263,6 +263,21 @@ def test_rich_progress_from_many_threads() -> None:
     assert all(task.completed == 1000 for task in display.progress.tasks if task.fields.get("layer"))
 
 
+def test_rich_progress_bars_show_bytes_and_speed_at_80_columns() -> None:
+    stream = io.StringIO()
+    display = RichProgress(Console(file=stream, force_terminal=True, width=80, color_system=None))
+    display.phase("pulling", "downloading 3 layers (227.0 MB) of registry.example.org:5000/team/app:1")
+    digest = "sha256:" + "ab" * 32
+    display.layer_start(digest, 50 * 1024 * 1024)
+    display.layer_advance(digest, 20 * 1024 * 1024)
+    display.progress.console.print(display.progress.get_renderable())
+    lines = [line for line in stream.getvalue().splitlines() if layer_label(digest) in line]
+    assert lines and all(len(line) <= 80 for line in lines)
+    words = lines[-1].split()
+    assert "21.0/52.4" in words and words[-2] in ("?", "MB/s", "kB/s")  # bytes, speed ("?": none yet), time
+    assert "downloading 3 layers (227.0 MB) of registry.example.org:5000/team/app:1" in stream.getvalue()
+
+
 def test_progress_for_picks_the_display() -> None:
     with progress_for(io.StringIO()) as sink:
         assert isinstance(sink, PlainProgress)
