@@ -115,6 +115,17 @@ def test_rows_sorted_by_tag() -> None:
     assert [x.split()[-1] for x in format_image_rows(rows)] == ["alpha:1", "zeta:1"]
 
 
+def test_converting_status_keeps_the_columns_and_lines_name_their_store() -> None:
+    rows = [{**ROW, "tag": "docker.io/library/a:1", "status": "CONVERTING", "store": "user"},
+            {**ROW, "tag": "docker.io/library/b:1", "store": "site"},
+            {**ROW, "tag": "docker.io/library/c:1", "store": "user", "image_store": "site"}]
+    lines = format_image_rows(rows)
+    assert len({line.index("0123456789") for line in lines}) == 1  # the id column stays aligned
+    assert [line.split()[5] for line in lines] == ["a:1", "b:1", "c:1"]
+    assert [line.split(" [", 1)[1] for line in lines] == ["user]", "site]", "user tag -> site image]"]
+    assert not format_image_rows([{**ROW, "store": "site"}])[0].endswith("]")  # only the site store: as NERSC
+
+
 def test_familiar_names() -> None:
     assert familiar_name("docker.io/library/ubuntu:22.04") == "ubuntu:22.04"
     assert familiar_name("docker.io/nersc/app:1") == "nersc/app:1"
@@ -210,6 +221,14 @@ def test_login_password_stdin_writes_a_private_file(capsys: pytest.CaptureFixtur
     assert stat.S_IMODE(auth.stat().st_mode) == 0o600
     assert "registry.example.org:5000" in json.loads(auth.read_text())["auths"]
     assert "s3cret" not in out
+
+
+def test_login_no_verify_says_it_did_not_check(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    code, out, _ = _run(capsys, ["login", "-u", "alice", "--password-stdin", "--no-verify", "127.0.0.1:9"])
+    assert code == 0 and "without checking them" in out and "succeeded" not in out
 
 
 def test_login_without_a_terminal_needs_password_stdin(capsys: pytest.CaptureFixture[str],
