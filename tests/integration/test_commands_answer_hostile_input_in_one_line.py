@@ -102,6 +102,12 @@ def test_config_that_is_a_directory_is_one_line_in_every_command(world: World) -
         assert "is a directory" in proc.stderr
 
 
+def test_unreadable_config_files_are_one_line(world: World) -> None:
+    for path in ("/proc/self/mem", "/dev/zero", "/etc/shadow"):
+        proc = world.run("shifterimg", "images", user=True, SHIFTER_CONFIG=path)
+        assert_one_error_line(proc, "shifterimg", 2)
+
+
 def test_hostile_registry_answers_are_one_line(world: World, tmp_path: Path) -> None:
     reg = world.registry
     assert_one_error_line(world.run("shifterimg", "pull", f"{reg}/loop/app:1"), "shifterimg", 5)

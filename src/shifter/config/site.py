@@ -388,6 +388,9 @@ def config_path(environ: dict[str, str] | None = None) -> str:
     return env.get("SHIFTER_CONFIG") or DEFAULT_CONFIG_PATH
 
 
+_FILE_HINT = "SHIFTER_CONFIG (default /etc/shifter/udiRoot.conf) must name a readable udiRoot.conf file"
+
+
 def load_config(path: str | None = None, *, privileged: bool = False) -> SiteConfig:
     """Load the site configuration once.
 
@@ -405,7 +408,7 @@ def load_config(path: str | None = None, *, privileged: bool = False) -> SiteCon
                               hint="install etc/udiRoot.conf.example there and adapt it") from None
         return SiteConfig(source=path)
     except OSError as err:
-        raise ConfigError(f"cannot open site configuration {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot open site configuration {path}: {err.strerror}", hint=_FILE_HINT) from None
     if stat.S_ISDIR(os.fstat(fd).st_mode):  # os.fdopen would raise IsADirectoryError
         os.close(fd)
         raise ConfigError(f"site configuration {path} is a directory",
@@ -415,8 +418,12 @@ def load_config(path: str | None = None, *, privileged: bool = False) -> SiteCon
         if privileged:
             check_file_trust(path, st)
         elif not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"site configuration {path} is not a regular file")
-        data = handle.read(MAX_CONFIG_BYTES + 1)
+            raise ConfigError(f"site configuration {path} is not a regular file", hint=_FILE_HINT)
+        try:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        except OSError as err:  # e.g. /proc/self/mem: EIO
+            raise ConfigError(f"cannot read site configuration {path}: {err.strerror or err}",
+                              hint=_FILE_HINT) from None
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"site configuration {path} is larger than {MAX_CONFIG_BYTES} bytes")
     # Privileged, SHIFTER_CONFIG may name any root-owned file (/etc/shadow): never quote its
