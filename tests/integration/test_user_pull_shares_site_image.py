@@ -71,6 +71,13 @@ def test_user_pull_of_a_site_image_points_at_it(world: Path, busybox_image: Push
     info = resolve_image(ref, config, user)
     assert info.image_id == image_id and info.store == str(world / "site") and not info.user_store
 
+    proc = _shifterimg(world, "rm", ref)  # the user drops their tag: the site's image stays
+    assert proc.returncode == 0, proc.stderr
+    assert ImageStore(world / "site").is_ready(image_id)
+    assert user_store.resolve_tag("docker", str(parse_reference(ref))) is None
+    assert _shifterimg(world, "lookup", ref).stdout.strip() == image_id  # the site's own tag
+    assert _shifterimg(world, "pull", ref).returncode == 0  # shared again
+
     assert _shifterimg(world, "rm", ref, user=False).returncode == 0  # the site removes it
     with pytest.raises(ImageNotInStoreError, match="no longer has"):
         resolve_image(ref, config, user)
