@@ -233,12 +233,17 @@ def _require_root(verb: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``submit``, ``prolog`` or ``epilog``."""
+    """Entry point: ``submit``, ``prolog`` or ``epilog``; errors are one line (``cli.boundary``)."""
+    from shifter.cli.boundary import guard  # noqa: PLC0415
+
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0 if args else 2
-    verb, rest = args[0], args[1:]
+    return guard(PROG, lambda: _dispatch(args[0], args[1:]))
+
+
+def _dispatch(verb: str, rest: list[str]) -> int:
     try:
         if verb == "submit":
             return submit(rest)
@@ -246,13 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return prolog(rest, os.environ)
         if verb == "epilog":
             return epilog(rest, os.environ)
-        raise UsageError(f"unknown command {verb!r}", hint="submit, prolog or epilog")
-    except ShifterError as err:
-        sys.stderr.write(f"{PROG}: error: {err.render()}\n")
-        return err.exit_code
-    except OSError as err:  # the node's trouble (cannot create directories...): drain it
-        sys.stderr.write(f"{PROG}: error: {verb}: {err}\n")
-        return 1
+    except OSError as err:  # the node's trouble (cannot create directories...): exit 16, Slurm drains it
+        raise ContainerError(f"{verb}: {err.strerror or err}",
+                             hint="see the node's state and the prolog's log") from None
+    raise UsageError(f"unknown command {verb!r}", hint="submit, prolog or epilog")
 
 
 if __name__ == "__main__":
