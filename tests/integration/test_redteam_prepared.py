@@ -14,8 +14,8 @@ import pwd
 import shutil
 import stat
 import subprocess
-import time
 import sys
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
