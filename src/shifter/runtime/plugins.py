@@ -198,18 +198,32 @@ def host_mpi_library(root: str) -> str:
 # --- host files ----------------------------------------------------------------------------------
 
 def host_path(root: str, path: str) -> str:
-    """``path`` inside the host tree ``root``, its symlinks followed without leaving ``root``."""
+    """``path`` inside the host tree ``root``, its symlinks followed as if ``root`` were ``/`` (an
+    absolute link, e.g. through ``/etc/alternatives``, stays in the tree; ``..`` stops at its top)."""
     root = os.path.normpath(root)
-    joined = os.path.normpath(root + "/" + path.lstrip("/"))
-    real = os.path.realpath(joined)
-    inside = root in ("/", real) or real.startswith(root + "/")
-    if not inside:
-        # A link written for the real root (e.g. /etc/alternatives): follow it inside ``root``.
-        rel = os.path.relpath(real, "/")
-        real = os.path.realpath(os.path.join(root, rel))
-        if not real.startswith(root + "/"):
-            raise ConfigError(f"{path} leads out of the plugin host tree {root}")
-    return real
+    if root == "/":
+        return os.path.realpath(path)
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = os.path.join(root, *done, name)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise ConfigError(f"{path}: too many symbolic links in the plugin host tree {root}")
+            link = os.readlink(candidate)
+            if link.startswith("/"):
+                done = []
+            parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(name)
+    return os.path.join(root, *done)
 
 
 def read_ld_cache(root: str) -> dict[str, str]:
