@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from shifter.config import site
 from shifter.config.site import (
     SYSTEM_BIND_SOURCES,
     SiteConfig,
@@ -79,11 +80,36 @@ def test_values() -> None:
         config.module("zzz")
 
 
-def test_defaults_when_missing(tmp_path: Path) -> None:
+def test_defaults_when_default_file_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "none.conf"
-    assert load_config(str(path)) == SiteConfig(source=str(path))
+    monkeypatch.setattr(site, "DEFAULT_CONFIG_PATH", str(path))
+    monkeypatch.delenv("SHIFTER_CONFIG", raising=False)
+    assert load_config(privileged=False) == SiteConfig(source=str(path))
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(str(path), privileged=True)
+        load_config(privileged=True)
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_named_config_that_is_missing_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  privileged: bool) -> None:
+    path = tmp_path / "none.conf"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(path), privileged=privileged)
+    monkeypatch.setenv("SHIFTER_CONFIG", str(path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(privileged=privileged)
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_config_that_is_a_directory_or_link_is_refused(tmp_path: Path, privileged: bool) -> None:
+    if privileged and os.geteuid() != 0:
+        pytest.skip("the trust check wants a root-owned file")
+    (tmp_path / "real.conf").write_text("system=x\n")
+    (tmp_path / "link.conf").symlink_to("real.conf")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(str(tmp_path), privileged=privileged)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        load_config(str(tmp_path / "link.conf"), privileged=privileged)
 
 
 def test_load_and_trust(tmp_path: Path) -> None:

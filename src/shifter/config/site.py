@@ -10,6 +10,7 @@ This module is imported on the ``shifter`` launch path: keep it free of heavy im
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -87,6 +88,9 @@ class SiteConfig(Record):
     cdi_spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
     writable_tmpfs_size: int = 256 * 1024**2
     plugin_host_root: str = "/"
+    # Seconds root waits on a squashfuse daemon run as the user (an image of the per-user
+    # store): past it the FUSE connection is aborted and the setup fails (see runtime.md).
+    fuse_timeout: float = 30.0
     # --- image pipeline / gateway ---
     user_image_path: str = "~/.local/share/shifter/images"
     cache_dir: str = ""  # blob cache; default: <store>/cache
@@ -140,6 +144,16 @@ def _int(key: str, value: str) -> int:
         raise ConfigError(f"{key}={value!r} is not an integer") from None
     if number < 0:
         raise ConfigError(f"{key}={value!r} must not be negative")
+    return number
+
+
+def _seconds(key: str, value: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not a number of seconds") from None
+    if not 0 < number <= 86400:  # also refuses nan and inf
+        raise ConfigError(f"{key}={value!r} must be more than 0 and at most 86400 seconds")
     return number
 
 
@@ -226,6 +240,7 @@ _KEYS: dict[str, tuple[str, object]] = {
     "cdiSpecDirs": ("cdi_spec_dirs", lambda k, v: tuple(_abs_path(k, d) for d in _split(v, None))),
     "writableTmpfsSize": ("writable_tmpfs_size", parse_size),
     "pluginHostRoot": ("plugin_host_root", _abs_path),
+    "fuseTimeout": ("fuse_timeout", _seconds),
     "userImagePath": ("user_image_path", _STR),
     "cacheDir": ("cache_dir", _abs_path),
     "cacheMaxSize": ("cache_max_size", parse_size),
@@ -448,11 +463,13 @@ def check_file_trust(path: str, st: os.stat_result) -> None:
     """When running privileged, the config must be a root-owned regular file that is not
     group/world-writable."""
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{path} is not a regular file", hint="point SHIFTER_CONFIG at udiRoot.conf")
+        raise ConfigError(f"site configuration {path} is not a regular file",
+                          hint="point SHIFTER_CONFIG at udiRoot.conf")
     if st.st_uid != 0:
-        raise ConfigError(f"{path} is not owned by root", hint="chown root:root it; it controls privileged mounts")
+        raise ConfigError(f"site configuration {path} is not owned by root",
+                          hint="chown root:root it; it controls privileged mounts and stores")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(f"{path} is group- or world-writable", hint="chmod go-w it")
+        raise ConfigError(f"site configuration {path} is group- or world-writable", hint="chmod go-w it")
 
 
 def config_path(environ: dict[str, str] | None = None) -> str:
@@ -460,31 +477,45 @@ def config_path(environ: dict[str, str] | None = None) -> str:
     return env.get("SHIFTER_CONFIG") or DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str | None = None, *, privileged: bool = False) -> SiteConfig:
+def load_config(path: str | None = None, *, privileged: bool | None = None) -> SiteConfig:
     """Load the site configuration once.
 
-    ``path`` defaults to ``$SHIFTER_CONFIG`` or ``/etc/shifter/udiRoot.conf``.  A missing
-    file yields the built-in defaults (handy on a laptop), except when privileged, where
-    the trust check requires a real root-owned file.
+    ``path`` defaults to ``$SHIFTER_CONFIG`` or ``/etc/shifter/udiRoot.conf``.  Every tool
+    applies the same rules (``privileged`` defaults to "the effective uid is root"):
+
+    * a file that is *named* (``path`` or ``$SHIFTER_CONFIG``) must exist;
+    * a missing default file yields the built-in defaults (handy on a laptop), except when
+      privileged, where the trust check requires a real root-owned file;
+    * privileged, only a root-owned regular file that group and others cannot write is trusted
+      (it sets root's store, database and mount points); never through a symbolic link.
     """
-    path = path or config_path()
+    named = path or os.environ.get("SHIFTER_CONFIG") or ""
+    path = named or DEFAULT_CONFIG_PATH
+    if privileged is None:
+        privileged = os.geteuid() == 0
     try:
         # O_NONBLOCK: a FIFO named by SHIFTER_CONFIG must not hang us (it is refused below).
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
-        if privileged:
+        if privileged or named:
             raise ConfigError(f"site configuration {path} does not exist",
-                              hint="install etc/udiRoot.conf.example there and adapt it") from None
+                              hint="install etc/udiRoot.conf.example there and adapt it" if not named else
+                              "check SHIFTER_CONFIG, or unset it to use " + DEFAULT_CONFIG_PATH) from None
         return SiteConfig(source=path)
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ConfigError(f"site configuration {path} is a symbolic link",
+                              hint="name the file itself; symbolic links are not followed") from None
         raise ConfigError(f"cannot open site configuration {path}: {err.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
+    try:
+        st = os.fstat(fd)
         if privileged:
             check_file_trust(path, st)
         elif not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"site configuration {path} is not a regular file")
-        data = handle.read(MAX_CONFIG_BYTES + 1)
+        data = _read_at_most(fd, MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"site configuration {path} is larger than {MAX_CONFIG_BYTES} bytes")
     # Privileged, SHIFTER_CONFIG may name any root-owned file (/etc/shadow): never quote its
@@ -500,6 +531,18 @@ def load_config(path: str | None = None, *, privileged: bool = False) -> SiteCon
         if isinstance(err, UnicodeDecodeError):
             raise ConfigError(f"site configuration {path} is not UTF-8 text") from None
         raise
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def expand_user_path(path: str, home: str | None = None) -> Path:

@@ -75,6 +75,10 @@ class MountImage(Record):
     source: str
     mountpoint: str
     helper: str = "squashfuse"
+    # squashfuse run by root as another user: the deadline on it (fuseTimeout) and that user's
+    # name (for the error).
+    timeout: float = 30.0
+    owner: str = ""
 
 
 class WritableOverlay(Record):
@@ -355,7 +359,10 @@ def image_ops(spec: ContainerSpec, config: SiteConfig) -> list[Op]:
     # A squashfs the user wrote (per-user store) never reaches the kernel's squashfs driver as
     # root: it is served by squashfuse, which the executor runs with the user's identity.
     kernel = spec.privileged and not image.user_store
-    return [MountImage("loop" if kernel else "squashfuse", image.squashfs, config.loop_mount)]
+    if kernel:
+        return [MountImage("loop", image.squashfs, config.loop_mount)]
+    return [MountImage("squashfuse", image.squashfs, config.loop_mount, timeout=config.fuse_timeout,
+                       owner=spec.identity.user)]
 
 
 def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],

@@ -25,6 +25,9 @@ One small function per operation kind.  Security notes that hold throughout:
   holds the container's namespaces, so they die with the command, also on SIGKILL.  The
   only helper, squashfuse, lives outside the container's mount namespace; it exits when the
   namespace (and with it the FUSE mount) goes away.
+* Root never waits for ever on a squashfuse run as the user: a deadline covers the privileged
+  phase, and on failure the helper's processes are killed and its connection aborted (see
+  :mod:`.fusehelper`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ TYPE_CHECKING = False  # typing, collections and dataclasses cost launch time
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
+
+    from shifter.runtime.linux.fusehelper import Helper
 
     Warn = Callable[[str], None]
 
@@ -78,8 +83,11 @@ class Context:
         self.user = user
         self.root_fd = -1
         self.fuse_fd = -1
-        self.helper_pid = 0
-        self.helper_go = -1
+        self.helper: Helper | None = None
+        self.fuse_op: p.MountImage | None = None
+        # What shifter-setup records for shifter-teardown: the connection, (pid, start time)s.
+        self.fuse_connection = -1
+        self.fuse_daemons: list[tuple[int, int]] = []
         self.mounted: list[str] = []
         # container target -> fd naming the root of the mount made there (see remount)
         self.mounts: dict[str, int] = {}
@@ -91,15 +99,65 @@ def run(plan: p.Plan, warn: Warn, stop_before: str = "") -> Context:
     """Execute ``plan`` in order; ``Exec`` does not return.  ``stop_before`` names a phase
     at which to stop (``shifter-setup`` stops before ``enter``)."""
     ctx = Context(warn, plan.user)
-    for op in plan.ops:
-        if op.phase == stop_before:
-            break
-        try:
-            _HANDLERS[type(op)](op, ctx)
-        except OSError as err:
-            raise ContainerError(f"{op.phase}: {_describe(op)}: {err.strerror or err}",
-                                 hint=_hint(op, err)) from None
+    try:
+        for op in plan.ops:
+            if op.phase == stop_before:
+                break
+            if isinstance(op, p.DropPrivileges):
+                _privileged_phase_done(ctx)
+            try:
+                _HANDLERS[type(op)](op, ctx)
+            except OSError as err:
+                raise ContainerError(f"{op.phase}: {_describe(op)}: {err.strerror or err}",
+                                     hint=_hint(op, err)) from None
+        _privileged_phase_done(ctx)
+    except BaseException:
+        _stop_helper(ctx)
+        raise
     return ctx
+
+
+def _privileged_phase_done(ctx: Context) -> None:
+    """Root is done with the FUSE mount: end the deadline (failing if it struck first) and let the
+    daemon go its own way."""
+    helper = ctx.helper
+    if helper is None:
+        return
+    if helper.disarm():
+        raise _fuse_timeout(ctx)
+    if helper.connection >= 0:
+        from shifter.runtime.linux.fusehelper import process_start_time  # noqa: PLC0415
+
+        ctx.fuse_connection = helper.connection
+        ctx.fuse_daemons = [(pid, process_start_time(pid)) for pid in helper.daemons]
+    helper.release()
+    ctx.helper = None
+
+
+def _stop_helper(ctx: Context) -> None:
+    """On any failure: kill the helper's processes and abort its connection, and if the deadline
+    struck, say so (the error that surfaced is then only its consequence, e.g. ENOTCONN)."""
+    helper, ctx.helper = ctx.helper, None
+    if ctx.fuse_fd >= 0:
+        os.close(ctx.fuse_fd)
+        ctx.fuse_fd = -1
+    if helper is None:
+        return
+    timed_out = helper.fired
+    helper.kill()
+    if timed_out:
+        raise _fuse_timeout(ctx) from None
+
+
+def _fuse_timeout(ctx: Context) -> ContainerError:
+    from shifter.runtime.linux.fusehelper import FuseTimeout  # noqa: PLC0415
+
+    op = ctx.fuse_op
+    source, owner, seconds = (op.source, op.owner, op.timeout) if op else ("the image", "", 0.0)
+    return FuseTimeout(f"squashfuse serving {source} (run as {owner or ctx.user[0]}) did not answer within "
+                       f"{seconds:g} s; the container was not set up",
+                       hint="the daemon was stopped or hung (SIGSTOP, a debugger): leave squashfuse running "
+                            "while shifter starts and try again; the site's limit is fuseTimeout")
 
 
 def _describe(op: p.Op) -> str:
@@ -158,38 +216,13 @@ def _start_fuse_helper(ctx: Context) -> None:
     The FUSE fd must be opened inside our user namespace (the kernel checks the opener's
     namespace at mount time), but the daemon must not sit in the container's mount
     namespace, or it would keep that namespace, and so itself, alive after the command.
-    The child waits until the parent has mounted the connection, then execs squashfuse on
-    ``/dev/fd/N``.
+    The helper waits until we have mounted the connection, then execs squashfuse on
+    ``/dev/fd/N`` (as the container's user when we are root; see :mod:`.fusehelper`).
     """
+    from shifter.runtime.linux import fusehelper  # noqa: PLC0415  (squashfuse images only)
+
     ctx.fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    read_end, ctx.helper_go = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: wait for "go" (or EOF if the parent failed), never return
-        try:
-            os.close(ctx.helper_go)
-            args = os.read(read_end, 65536).decode().split("\0")
-            if len(args) >= 2:
-                _helper_identity(ctx.user)
-                os.set_inheritable(ctx.fuse_fd, True)
-                env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
-                os.execvpe(args[0], [args[0], args[1], f"/dev/fd/{ctx.fuse_fd}"], env)  # noqa: S606
-        finally:
-            os._exit(127)
-    os.close(read_end)
-    ctx.helper_pid = pid
-
-
-def _helper_identity(user: tuple[int, int, tuple[int, ...]]) -> None:
-    """As root, serve the image as the container's user: squashfuse then parses a squashfs the
-    user may have crafted (per-user store) with the user's rights only, and opens the file with
-    them.  The FUSE fd was opened by root already; serving it needs no privilege."""
-    uid, gid, groups = user
-    if os.geteuid() != 0 or uid == 0:
-        return  # in a user namespace we are the user already; a root container stays root
-    sc.setgroups(list(groups))
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    ctx.helper = fusehelper.start(ctx.fuse_fd, ctx.user)
 
 
 # --- image ---------------------------------------------------------------------------------------
@@ -235,28 +268,41 @@ def _mount_loop(squashfs: str, target: int) -> None:
 
 
 def _mount_squashfuse(op: p.MountImage, target: int, ctx: Context) -> None:
-    if ctx.fuse_fd < 0:
+    from shifter.runtime.linux import fusehelper  # noqa: PLC0415  (squashfuse images only)
+
+    if ctx.helper is None:
         # shifter-setup builds in the host mount namespace: the daemon may be forked now (it
         # lives until shifter-teardown unmounts the image).
         _start_fuse_helper(ctx)
+    helper = ctx.helper
+    assert helper is not None
+    ctx.fuse_op = op
+    # Root serving for another user: from now on root may wait on that user's process (the
+    # "ready" below, every access to the mount), so the deadline starts here.
+    watched = os.geteuid() == 0 and ctx.user[0] != 0
+    if watched:
+        helper.arm(op.timeout)
+        mountpoint = fsutil.real_path(target)
     data = f"fd={ctx.fuse_fd},rootmode=40000,user_id={os.geteuid()},group_id={os.getegid()}"
     if os.geteuid() == 0:
         # Privileged: root mounts, the (unprivileged) container user reads; the kernel checks
         # the image's file modes as it would on a loop mount.
         data += ",allow_other,default_permissions"
     sc.mount("squashfuse", fsutil.fd_path(target), "fuse.squashfuse", _IMAGE_FLAGS, data)
-    os.write(ctx.helper_go, f"{op.helper}\0{op.source}".encode())
-    os.close(ctx.helper_go)
+    if watched:
+        helper.set_connection(fusehelper.connection_of(mountpoint))
+    helper.serve(op.helper, op.source)
     # Our copy of the fd must go: if the daemon dies, the connection then aborts (ENOTCONN)
     # instead of hanging every access.
     os.close(ctx.fuse_fd)
     ctx.fuse_fd = -1
     # squashfuse daemonises once it serves the mount: its first process exiting 0 is our
     # "ready" signal; anything else means it failed (bad image, missing binary).
-    _, status = os.waitpid(ctx.helper_pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise ContainerError(f"squashfuse failed to serve {op.source} "
-                             f"(exit status {os.waitstatus_to_exitcode(status)})",
+    status = helper.wait_ready()
+    if helper.fired:
+        raise _fuse_timeout(ctx)
+    if status != 0:
+        raise ContainerError(f"squashfuse failed to serve {op.source} (exit status {status})",
                              hint="check that squashfuse is installed and the image file is readable")
 
 
@@ -276,10 +322,6 @@ def mount_root_tmpfs(op: p.MountRootTmpfs, ctx: Context) -> None:
         _allow_only(ctx.root_fd, op.only_for)
 
 
-# POSIX ACL xattr (linux/posix_acl_xattr.h): version 2, then (tag, perm, id) entries sorted by tag.
-_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
-_NO_ID = 0xFFFFFFFF
-
 
 def _allow_only(root_fd: int, uid: int) -> None:
     """Let ``uid`` (and root) into a root tmpfs mounted with mode 0700, and nobody else.
@@ -293,12 +335,12 @@ def _allow_only(root_fd: int, uid: int) -> None:
     tmpfs): its owner could rename and replace the tree's top-level entries, its ``/etc``
     included, while root builds it, and chmod it open.
     """
-    entries = ((_ACL_USER_OBJ, 7, _NO_ID), (_ACL_USER, 5, uid), (_ACL_GROUP_OBJ, 0, _NO_ID),
-               (_ACL_MASK, 5, _NO_ID), (_ACL_OTHER, 0, _NO_ID))
-    data = (2).to_bytes(4, "little") + b"".join(
-        tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
-        for tag, perm, ident in entries)
-    os.setxattr(fsutil.fd_path(root_fd), "system.posix_acl_access", data)
+    from shifter.store import access  # noqa: PLC0415  (prepared setup only)
+
+    data = access.acl_xattr([(access.ACL_USER_OBJ, 7, access.NO_ID), (access.ACL_USER, 5, uid),
+                             (access.ACL_GROUP_OBJ, 0, access.NO_ID), (access.ACL_MASK, 5, access.NO_ID),
+                             (access.ACL_OTHER, 0, access.NO_ID)])
+    os.setxattr(fsutil.fd_path(root_fd), access.XATTR, data)
     if stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o007:
         raise ContainerError("the prepared container root is open to other users",
                              hint="this is a bug in shifter; please report it")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 
 from shifter._record import Record
+from shifter.runtime.linux import fsutil
 from shifter.runtime.linux import syscalls as sc
 
 _BENEATH = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
@@ -114,21 +114,7 @@ def _open_beneath(top_fd: int, relative: str) -> int:
         if err.errno != errno.ENOSYS:
             raise
     # Linux < 5.6: one component at a time, refusing any symlink.
-    current = os.dup(top_fd)
-    try:
-        for name in (part for part in relative.split("/") if part):
-            if name in (".", ".."):
-                raise OSError(errno.EXDEV, "unexpected component in a mount point", relative)
-            nxt = os.open(name, sc.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
-            os.close(current)
-            current = nxt
-            if stat.S_ISLNK(os.fstat(current).st_mode):
-                raise OSError(errno.ELOOP, "a mount point is a symlink", relative)
-        found, current = current, -1
-        return found
-    finally:
-        if current >= 0:
-            os.close(current)
+    return fsutil.open_chain(top_fd, [part for part in relative.split("/") if part], "a mount point")
 
 
 __all__ = ["MountEntry", "descendants", "open_submount", "parse_mountinfo", "submounts"]
