@@ -9,6 +9,7 @@ drop, and cannot gain root even through a setuid-root binary in the image.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -223,6 +224,8 @@ def test_prepared_container_has_module_files_and_runs_the_userhook(site: Site) -
     assert setup.returncode == 0, setup.stderr
     try:
         assert "module=a uid=0" in site.log.read_text()  # the roothook ran at setup
+        # A userhook runs at every entry: no fast-path section, so entries take the full path.
+        assert "fast" not in json.loads((site.base / "udi.json").read_text())
         res = run_user(site, "--module=a", "cat", "/opt/udiImage/modules/a/sub/data.txt")
         assert res.returncode == 0, res.stderr
         assert res.stdout.strip() == "module a data"
