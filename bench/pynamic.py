@@ -141,7 +141,7 @@ def build_image(tree: Path) -> None:
         funcs = "".join(f"def f{index}_{k}(x):\n    return x * {k} + {index}\n\n" for k in range(5))
         (pkg / f"mod_{index:04d}.py").write_text(f'"""Module {index}."""\nVALUE = {index}\n\n{funcs}')
     (app / "main.py").write_text(
-        "import importlib\n"
+        "import importlib, sys\nsys.path.insert(0, '/app')  # -I leaves the script's directory out\n"
         f"total = sum(importlib.import_module(f'pyn.mod_{{i:04d}}').VALUE for i in range({MODULES}))\n"
         "print(total)\n")
     subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", "-d", "/app", str(app)], check=True)
