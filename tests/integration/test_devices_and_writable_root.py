@@ -276,3 +276,43 @@ def test_writable_tmpfs_keeps_nosuid(site: Site, runner: Runner) -> None:
     res = runner(site, "--writable-tmpfs", "sh", "-c", "/usr/bin/busybox id -u", image="busybox:owned")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == str(TEST_UID)  # the image's setuid-root busybox stays powerless
+
+
+# --- prepared containers -------------------------------------------------------------------------
+
+def test_prepared_container_gets_plugin_and_cdi_devices(site: Site) -> None:
+    tools = Path(SHIFTER).parent
+    request = ["--image=busybox:dev", "--module=gpu", "--device=example.com/fake=dev0"]
+    setup = subprocess.run([str(tools / "shifter-setup"), *request, f"--user={TEST_USER}"],
+                           env=shifter_env(site.config), capture_output=True, text=True, timeout=120, check=False,
+                           cwd="/")
+    assert setup.returncode == 0, setup.stderr
+    try:
+        assert "fast" not in json.loads((site.base / "udi.json").read_text())  # plugin/CDI env: full path
+        res = run_user(site, "--module=gpu", "--device=example.com/fake=dev0", "sh", "-c",
+                       "ls /dev | grep -E 'nvidia0|fake0'; echo $CDI_FAKE; nvidia-smi")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == ["fake0", "nvidia0", "yes", "fake-nvidia-smi"]
+        # Without the device the request does not match the prepared tree: a private container.
+        res = run_user(site, "--module=gpu", "sh", "-c", "ls /dev/fake0 2>&1 || echo absent")
+        assert res.stdout.strip().endswith("absent")
+    finally:
+        subprocess.run([str(tools / "shifter-teardown")], env=shifter_env(site.config), capture_output=True,
+                       check=False, cwd="/")
+
+
+def test_prepared_container_refuses_writable_tmpfs(site: Site) -> None:
+    tools = Path(SHIFTER).parent
+    res = subprocess.run([str(tools / "shifter-setup"), "--image=busybox:dev", f"--user={TEST_USER}",
+                          "--writable-tmpfs"], env=shifter_env(site.config), capture_output=True, text=True,
+                         timeout=120, check=False, cwd="/")
+    assert res.returncode == 2 and "--writable-tmpfs is not available for prepared containers" in res.stderr
+
+
+def test_cdi_spec_that_is_a_symlink_is_refused(site: Site) -> None:
+    linked = site.base / "cdilink"
+    linked.mkdir(mode=0o755, exist_ok=True)
+    (linked / "fake.json").symlink_to(site.base / "cdi/fake.json")
+    config = _write_config(site.base, "link.conf", f"cdiSpecDirs={linked}\n")
+    res = run_user(site, "--device=example.com/fake=dev0", "true", config=config)
+    assert res.returncode == 2 and "cannot open it" in res.stderr and "symlinks" in res.stderr

@@ -88,6 +88,11 @@ def site() -> Iterator[Site]:
     (rootfs / "opt").mkdir()
     (rootfs / "opt/image-file").write_text("from the image\n")
     publish(base / "store", rootfs, "docker.io/library/busybox:mods", "6" * 64)
+    # An image whose /opt is a link to a host directory (absolute): module files must stay inside.
+    shutil.rmtree(rootfs / "opt")
+    (base / "hostopt").mkdir()
+    (rootfs / "opt").symlink_to(base / "hostopt")
+    publish(base / "store", rootfs, "docker.io/library/busybox:optlink", "7" * 64)
     log = base / "roothook.log"
     _script(base / "hooks/root.sh", ROOTHOOK.format(log=log, moddir="opt/udiImage/modules"))
     (base / "copy/a/sub/data.txt").write_text("module a data\n")
@@ -113,15 +118,17 @@ def site() -> Iterator[Site]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def run_priv(site: Site, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_priv(site: Site, *args: str, config: Path | None = None,
+             image: str = "busybox:mods") -> subprocess.CompletedProcess[str]:
     env = shifter_env(config or site.config, LEAKME="secret", LD_PRELOAD="/nonexistent.so")
-    return subprocess.run([SHIFTER, f"--user={TEST_USER}", "--image=busybox:mods", *args], cwd="/", env=env,
+    return subprocess.run([SHIFTER, f"--user={TEST_USER}", f"--image={image}", *args], cwd="/", env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def run_user(site: Site, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_user(site: Site, *args: str, config: Path | None = None,
+             image: str = "busybox:mods") -> subprocess.CompletedProcess[str]:
     env = [f"{k}={v}" for k, v in shifter_env(config or site.config, USER=TEST_USER, LEAKME="secret").items()]
-    return subprocess.run(["runuser", "-u", TEST_USER, "--", "env", "-i", *env, SHIFTER, "--image=busybox:mods",
+    return subprocess.run(["runuser", "-u", TEST_USER, "--", "env", "-i", *env, SHIFTER, f"--image={image}",
                            *args], cwd="/", capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -136,6 +143,15 @@ def test_copy_path_is_copied_into_the_module_directory(site: Site, runner: Runne
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[:2] == ["module b", "from the image"]
     assert res.stdout.splitlines()[-1] == "ro"  # read-only once built
+
+
+@MODES
+def test_image_symlink_cannot_move_module_files_onto_the_host(site: Site, runner: Runner) -> None:
+    res = runner(site, "--module=b", "cat", "/opt/udiImage/modules/b/b.txt", image="busybox:optlink")
+    # /opt is resolved inside the container, where the link leads nowhere: refused, clearly.
+    assert res.returncode == 16
+    assert "cannot create /opt/udiImage for the site modules' files in this image" in res.stderr
+    assert list((site.base / "hostopt").iterdir()) == []  # nothing created or mounted on the host
 
 
 @MODES

@@ -46,7 +46,14 @@ MAX_HOOK_OUTPUT = 64 * 1024
 def mount_module_tmpfs(op: p.ModuleTmpfs, ctx: Context) -> None:
     """The modules' tmpfs at ``op.target``; its fd is kept in ``ctx.mounts`` (for the remount and
     for everything created in it)."""
-    target = targets.ensure_target(ctx.root_fd, op.target, True, ctx.user)
+    try:
+        target = targets.ensure_target(ctx.root_fd, op.target, True, ctx.user)
+    except OSError as err:
+        # E.g. EEXIST: the image's /opt is a symbolic link leading nowhere inside the container
+        # (it is resolved inside the root, never on the host).
+        raise ContainerError(f"cannot create {op.target} for the site modules' files in this image: "
+                             f"{err.strerror}", hint="the image's /opt may be a symbolic link that leads nowhere "
+                             "inside it; load no modules with files (--module=none) or fix the image") from None
     try:
         fs = sc.fsmount_new("tmpfs", {"mode": "755", "size": op.size}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
     except OSError as err:
