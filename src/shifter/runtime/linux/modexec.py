@@ -137,9 +137,10 @@ def bind_extra(op: p.BindExtra, ctx: Context) -> None:
         if op.device:
             try:
                 sc.mount_setattr(mounted, 0, sc.MOUNT_ATTR_NODEV)  # this one mount: a single device node
-            except OSError:
-                os.close(mounted)
-                raise
+            except OSError as err:
+                if err.errno != errno.ENOSYS:  # < 5.12: the bind's remount never added nodev
+                    os.close(mounted)
+                    raise
         if op.target.startswith(p.MODULES_ROOT + "/"):
             os.close(mounted)  # the modules' tmpfs is remounted as a whole
         else:
