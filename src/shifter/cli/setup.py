@@ -23,6 +23,7 @@ from shifter.errors import ContainerError, ShifterError, UsageError
 
 TYPE_CHECKING = False  # the plan module only for annotations: teardown stays light
 if TYPE_CHECKING:
+    from shifter.config.site import SiteConfig
     from shifter.runtime.plan import Plan
 
 
@@ -35,9 +36,11 @@ then enters it without privilege.  Remove it with shifter-teardown.
 """
 TEARDOWN_USAGE = """\
 Usage: shifter-teardown
+       shifter-teardown --user=NAME
 
 (root only) Remove the container shifter-setup prepared: every mount at udiMount and loopMount,
-then its record.
+then its record.  With --user: end every image holder of that user on this node instead (the
+shared image mounts of its unprivileged launches; running containers keep their own copies).
 """
 
 
@@ -128,8 +131,25 @@ def setup(argv: Sequence[str]) -> int:
                    etc.group_names(groups), etc.read_site_etc(config.etc_path), prepared=True)
     _build_tree(config.udi_mount, config.loop_mount, Plan(tuple(ops), user_ids(spec, config)))
     fast = prepared.fast_section(opts, spec, config, config_state)
-    prepared.write_record(config, prepared.make_record(spec, config, fast=fast))
+    record = prepared.make_record(spec, config, fast=fast)
+    if spec.identity.uid != 0:
+        record["userns"] = _namespace_holder(spec.identity.uid, spec.identity.gid, config)
+    prepared.write_record(config, record)
     return 0
+
+
+def _namespace_holder(uid: int, gid: int, config: SiteConfig) -> list[int]:
+    """Every entry of the user joins one user namespace (``linux.holder``): the tasks of a job
+    on this node share memory (``/proc/PID/fd``, CMA) as they would on the host."""
+    from shifter.runtime.linux import holder  # noqa: PLC0415
+
+    try:
+        return list(holder.start_namespace_holder(uid, gid))
+    except OSError as err:
+        teardown_paths(config.udi_mount, config.loop_mount)
+        raise ContainerError(f"cannot start the prepared container's namespace holder: {err.strerror}",
+                             hint="unprivileged user namespaces may be disabled "
+                                  "(sysctl user.max_user_namespaces)") from None
 
 
 def _image_dir(loop_mount: str) -> str:
@@ -177,12 +197,33 @@ def teardown(argv: Sequence[str]) -> int:
         sys.stdout.write(TEARDOWN_USAGE)
         return 0
     _require_root("shifter-teardown")
+    if len(argv) == 1 and argv[0].startswith("--user="):
+        return teardown_holders(argv[0][len("--user="):])
     if argv:
         raise UsageError(f"unexpected arguments: {' '.join(argv)}",
-                         hint="shifter-teardown takes no arguments")
+                         hint="shifter-teardown takes no arguments, or --user=NAME")
     config = load_config(privileged=True)
+    record = prepared.read_record(config)
+    if record is not None and isinstance(record.get("userns"), list) and len(record["userns"]) == 2:
+        from shifter.runtime.linux import holder  # noqa: PLC0415
+
+        holder.end_namespace_holder(int(record["userns"][0]), int(record["userns"][1]))
     teardown_paths(config.udi_mount, config.loop_mount)
     prepared.remove_record(config)
+    return 0
+
+
+def teardown_holders(user: str) -> int:
+    """End the image holders of ``user`` (a name or a uid) on this node."""
+    import pwd  # noqa: PLC0415
+
+    from shifter.runtime.linux import holder  # noqa: PLC0415
+
+    try:
+        uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else int(user)
+    except KeyError:
+        raise UsageError(f"no such user: {user!r}", hint="give a user name or a uid") from None
+    holder.teardown(uid)
     return 0
 
 

@@ -35,8 +35,11 @@ def validate(spec: ContainerSpec, config: SiteConfig) -> None:
 
 def make_plan(spec: ContainerSpec, config: SiteConfig) -> Plan:
     """A prepared container's entry plan if one matches, else a private container's plan."""
-    if prepared.matching_record(spec, config) is not None:
-        return prepared_entry_plan(spec, config)
+    record = prepared.matching_record(spec, config)
+    if record is not None:
+        userns = record.get("userns")
+        join = tuple(userns) if isinstance(userns, list) and all(type(v) is int for v in userns) else ()
+        return prepared_entry_plan(spec, config, join if len(join) == 2 else ())
     groups = container_groups(spec.identity, config)
     return build_plan(spec, config, names=etc.group_names(groups),
                       site_etc=etc.read_site_etc(config.etc_path))

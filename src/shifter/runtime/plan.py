@@ -52,6 +52,20 @@ class EnterNamespaces(Record):
     gid: int
     fuse_helper: bool = False
     propagation: str = "private"
+    share: SharedImage | None = None
+    join: tuple[int, ...] = ()
+
+
+class SharedImage(Record):
+    """Share the image mount (and the user namespace that owns it) with every other launch of
+    this image by this user on this node (``shifter.runtime.linux.holder``): join a live holder,
+    or become the first launch, whose holder then keeps the mount for ``linger`` seconds after
+    the last container using it has gone.  ``source``: the squashfs; ``image_id``: its id."""
+
+    source: str
+    image_id: str
+    mountpoint: str
+    linger: int = 0
 
 
 class MountImage(Record):
@@ -286,6 +300,18 @@ def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
     return ops + remounts
 
 
+def shared_image(spec: ContainerSpec, config: SiteConfig) -> SharedImage | None:
+    """Whether this launch shares its image mount (see :class:`SharedImage`): unprivileged
+    launches of a store image whose namespace root stays private.  (A ``slave`` volume needs a
+    namespace copied from the host's at launch time, so it mounts the image afresh.)"""
+    image = spec.image
+    if spec.privileged or not image.squashfs or root_propagation(spec) != "private":
+        return None
+    if not image.image_id or not all(c in "0123456789abcdef" for c in image.image_id):
+        return None
+    return SharedImage(image.squashfs, image.image_id, config.loop_mount, config.image_mount_linger)
+
+
 def root_propagation(spec: ContainerSpec) -> str:
     """``slave`` when a volume asks for host mount events, else ``private``.
 
@@ -324,7 +350,8 @@ def build_plan(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str]
     tree = tree_ops(spec, config, names or {}, site_etc)
     fuse = any(isinstance(op, MountImage) and op.method == "squashfuse" for op in tree)
     ops: list[Op] = [EnterNamespaces(user_ns=not spec.privileged, uid=ident.uid, gid=ident.gid,
-                                     fuse_helper=fuse, propagation=root_propagation(spec))]
+                                     fuse_helper=fuse, propagation=root_propagation(spec),
+                                     share=shared_image(spec, config) if fuse else None)]
     ops += tree + finish_ops(spec, config, EnterRoot(config.udi_mount, "pivot"))
     return Plan(tuple(ops), user_ids(spec, config))
 
@@ -341,11 +368,14 @@ def finish_ops(spec: ContainerSpec, config: SiteConfig, enter: EnterRoot) -> lis
             Exec(spec.argv, spec.env)]
 
 
-def prepared_entry_plan(spec: ContainerSpec, config: SiteConfig) -> Plan:
+def prepared_entry_plan(spec: ContainerSpec, config: SiteConfig, join: tuple[int, ...] = ()) -> Plan:
     """Enter a tree ``shifter-setup`` built: a user namespace (unless root) and a mount
-    namespace, chroot into it, drop, chdir, exec.  No mounts, so no privilege is needed."""
+    namespace, chroot into it, drop, chdir, exec.  No mounts, so no privilege is needed.
+    ``join``: (pid, inode) of the prepared container's user namespace holder, joined instead of
+    a new user namespace while it lives."""
     ident = spec.identity
-    ops: list[Op] = [EnterNamespaces(user_ns=not spec.privileged, uid=ident.uid, gid=ident.gid)]
+    ops: list[Op] = [EnterNamespaces(user_ns=not spec.privileged, uid=ident.uid, gid=ident.gid,
+                                     join=join if not spec.privileged else ())]
     ops += finish_ops(spec, config, EnterRoot(config.udi_mount, "chroot"))
     return Plan(tuple(ops), user_ids(spec, config))
 
@@ -358,5 +388,6 @@ def user_ids(spec: ContainerSpec, config: SiteConfig) -> tuple[int, int, tuple[i
 
 __all__ = ["HOST_ETC_FILES", "PHASES", "ROOT_OWN_ENTRIES", "SYSTEM_BINDS", "Bind", "BuildEtc", "Chdir",
            "DropPrivileges", "EnterNamespaces", "EnterRoot", "Exec", "MountCache", "MountImage", "MountRootTmpfs",
-           "Op", "Plan", "PopulateRoot", "Remount", "build_plan", "cache_op", "container_groups", "finish_ops",
-           "image_ops", "prepared_entry_plan", "root_propagation", "tree_ops", "user_ids"]
+           "Op", "Plan", "PopulateRoot", "Remount", "SharedImage", "build_plan", "cache_op", "container_groups",
+           "finish_ops", "image_ops", "prepared_entry_plan", "root_propagation", "shared_image", "tree_ops",
+           "user_ids"]

@@ -18,7 +18,9 @@ One small function per operation kind.  Security notes that hold throughout:
 * The process that runs the setup is the process that execs the command: no extra process
   holds the container's namespaces, so they die with the command, also on SIGKILL.  The
   only helper, squashfuse, lives outside the container's mount namespace; it exits when the
-  namespace (and with it the FUSE mount) goes away.
+  namespace (and with it the FUSE mount) goes away.  Unprivileged, the image mount is shared:
+  an image holder (:mod:`.holder`) keeps the user namespace and the mount namespace that holds
+  the image (never the container's own mount namespace) for later launches to join.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class Context:
         self.helper_pid = 0
         self.helper_go = -1
         self.mounted: list[str] = []
+        # image holders (see .holder): the image is mounted already (joined), or a first
+        # launch's pending hand-over
+        self.image_shared = False
+        self.holder: object = None
         # container target -> fd naming the root of the mount made there (see remount)
         self.mounts: dict[str, int] = {}
 
@@ -115,7 +121,21 @@ def _hint(op: p.Op, err: OSError) -> str:
 # --- namespace -----------------------------------------------------------------------------------
 
 def enter_namespaces(op: p.EnterNamespaces, ctx: Context) -> None:
-    """New user namespace (single-id maps of the caller) and/or mount namespace."""
+    """New user namespace (single-id maps of the caller) and/or mount namespace; or, for a shared
+    image, the user and mount namespace of its live holder (see :mod:`.holder`)."""
+    if op.user_ns and op.share is not None:
+        from shifter.runtime.linux import holder  # noqa: PLC0415
+
+        joined = holder.join_or_lock(op.share, op.uid)
+        ctx.image_shared = joined is True
+        ctx.holder = joined if isinstance(joined, holder.Pending) else None
+        if ctx.image_shared:
+            return
+    if op.user_ns and op.join:
+        from shifter.runtime.linux import holder  # noqa: PLC0415
+
+        if holder.join_user_namespace(*op.join):
+            return
     if op.user_ns:
         sc.unshare(sc.CLONE_NEWUSER)
         # An unprivileged writer may map only its own ids, and only after denying setgroups
@@ -184,6 +204,8 @@ def _helper_identity(user: tuple[int, int, tuple[int, ...]]) -> None:
 
 def mount_image(op: p.MountImage, ctx: Context) -> None:
     """Mount the image read-only, nosuid, nodev at the loop mount point."""
+    if ctx.image_shared:
+        return  # mounted by the holder we joined
     target = _open_dir(op.mountpoint)
     try:
         if op.method == "loop":
@@ -248,6 +270,11 @@ def _mount_squashfuse(op: p.MountImage, target: int, ctx: Context) -> None:
         raise ContainerError(f"squashfuse failed to serve {op.source} "
                              f"(exit status {os.waitstatus_to_exitcode(status)})",
                              hint="check that squashfuse is installed and the image file is readable")
+    if ctx.holder is not None:
+        from shifter.runtime.linux import holder  # noqa: PLC0415
+
+        holder.hand_over(ctx.holder)  # type: ignore[arg-type]
+        ctx.holder = None
 
 
 # --- root tree -----------------------------------------------------------------------------------

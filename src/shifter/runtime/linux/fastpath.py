@@ -70,6 +70,7 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAPABILITY_VERSION_3 = 0x20080522
 CAPSET_SYSCALL = {"x86_64": 126, "aarch64": 91}  # no glibc wrapper
+PIDFD_SEND_SIGNAL_SYSCALL, PIDFD_OPEN_SYSCALL = 424, 434  # the same on every architecture
 
 # Options with a value, by long and short name.  Everything else (--help, --verbose, --user,
 # --env-file, --entrypoint=CMD, abbreviations, clustered short flags) goes to the full parser.
@@ -459,7 +460,7 @@ def _libc() -> "Libc":
         _flags_ = ct.FUNCFLAG_CDECL | ct.FUNCFLAG_USE_ERRNO
         _restype_ = CInt
 
-    libc: dict[str, Any] = {name: Func((name, Libc)) for name in ("unshare", "mount", "prctl")}
+    libc: dict[str, Any] = {name: Func((name, Libc)) for name in ("unshare", "mount", "prctl", "setns")}
     syscall = Func(("syscall", Libc))
     libc["syscall"] = lambda nr, *args: syscall(CLong(nr), *args)  # syscall(long number, ...)
     return libc
@@ -493,9 +494,11 @@ def _cap_last_cap() -> int:
         return 63
 
 
-def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], None]") -> int | None:
+def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], None]",
+          holder: "tuple[int, int] | None" = None) -> int | None:
     """Enter the prepared tree at ``root`` and exec.  Returns ``None`` (nothing changed: use the
-    full path) if the namespaces cannot be created, an exit status after a later failure."""
+    full path) if the namespaces cannot be created, an exit status after a later failure.
+    ``holder``: (pid, inode) of the user namespace to join (``linux.holder.join_user_namespace``)."""
     capset = CAPSET_SYSCALL.get(posix.uname().machine)
     if capset is None:
         return None
@@ -504,14 +507,18 @@ def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], 
     except (ImportError, AttributeError, OSError, TypeError):
         return None
     last_cap = _cap_last_cap()
-    # Both namespaces in one call: the mount namespace is owned by the new user namespace, in which
-    # we hold every capability (and nothing outside it).  If this fails nothing has changed.
+    # The user namespace of the prepared container's holder (one for all its entries: a job's tasks
+    # share memory as on the host), else both namespaces in one call: the mount namespace is owned by
+    # the new user namespace, in which we hold every capability (and nothing outside it).  If this
+    # fails nothing has changed.
+    joined = holder is not None and _join_user_namespace(libc, holder)
+    if not joined:
+        try:
+            _call(libc, "unshare", CLONE_NEWUSER | CLONE_NEWNS)
+        except OSError:
+            return None
     try:
-        _call(libc, "unshare", CLONE_NEWUSER | CLONE_NEWNS)
-    except OSError:
-        return None
-    try:
-        _namespace(libc, ids)
+        _namespace(libc, ids, joined)
         _enter_root(root)
         _drop(libc, ids, last_cap, capset)
         _chdir(entry.candidates, warn)
@@ -521,14 +528,38 @@ def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], 
         return err.code
 
 
-def _namespace(libc: "Libc", ids: tuple[int, int]) -> None:
+def _join_user_namespace(libc: "Libc", holder: "tuple[int, int]") -> bool:
+    """``linux.holder.join_user_namespace`` up to ``setns``: the pidfd pins the holder, its
+    namespace must be the recorded one, the pid still that process; ``False``: nothing changed."""
+    pid, userns = holder
+    pidfd = libc["syscall"](PIDFD_OPEN_SYSCALL, pid, 0)
+    if pidfd < 0:
+        return False
+    try:
+        fd = posix.open(f"/proc/{pid}/ns/user", posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        posix.close(pidfd)
+        return False
+    try:
+        return (posix.fstat(fd).st_ino == userns and libc["syscall"](PIDFD_SEND_SIGNAL_SYSCALL, pidfd, 0, None, 0) == 0
+                and libc["setns"](fd, CLONE_NEWUSER) == 0)
+    finally:
+        posix.close(fd)
+        posix.close(pidfd)
+
+
+def _namespace(libc: "Libc", ids: tuple[int, int], joined: bool = False) -> None:
     """executor.enter_namespaces: map the caller's ids to themselves (after denying setgroups, as
-    an unprivileged writer must), and make every mount private (nothing propagates either way)."""
+    an unprivileged writer must), and make every mount private (nothing propagates either way).
+    ``joined``: in the holder's user namespace (mapped already): a mount namespace of our own."""
     uid, gid = ids
     try:
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
-        _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+        if joined:
+            _call(libc, "unshare", CLONE_NEWNS)
+        else:
+            _write("/proc/self/setgroups", "deny")
+            _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+            _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
         _call(libc, "mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
     except OSError as err:
         raise _Failed(f"namespace: EnterNamespaces failed: {err.strerror or err}",
@@ -665,7 +696,14 @@ def try_enter(argv: list[str]) -> int | None:
         return None  # a record of another shape (another version wrote it): the full path decides
     if entry is None:
         return None
-    return enter(str(record["udi_mount"]), ids, entry, _warn)
+    return enter(str(record["udi_mount"]), ids, entry, _warn, _holder(record.get("userns")))
+
+
+def _holder(value: object) -> "tuple[int, int] | None":
+    """The record's ``userns`` (pid, inode), if it has that shape."""
+    if isinstance(value, list) and len(value) == 2 and all(type(v) is int and v > 0 for v in value):
+        return value[0], value[1]
+    return None
 
 
 __all__ = ["Entry", "Request", "compose_env", "config_udi_mount", "decide", "enter", "file_state",
