@@ -176,6 +176,18 @@ def test_later_launches_join_the_first_launchs_namespace_and_mount(site: Site) -
 
 
 @needs_tools
+def test_launch_from_another_mount_namespace_gets_its_own_holder(site: Site) -> None:
+    # e.g. another job's namespace with a per-job /tmp: it must not see the first one's copy.
+    own_ns, _ = ns_and_version(site)
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", *_argv(site, 60, ("sh", "-c", NS_SCRIPT),
+                                                                             TEST_USER)],
+                         cwd="/", capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[0] != own_ns
+    assert len(holders()) == 2
+
+
+@needs_tools
 def test_concurrent_launches_share_one_user_namespace(site: Site) -> None:
     procs = [start_user(site, "sh", "-c", "readlink /proc/self/ns/user; sleep 1", linger=0) for _ in range(3)]
     outs = [proc.communicate(timeout=60) for proc in procs]

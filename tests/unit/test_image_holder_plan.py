@@ -46,13 +46,14 @@ def _stat(**kw: int) -> os.stat_result:
 
 
 def test_key_changes_with_the_image_id_and_the_exact_file() -> None:
-    base = holder.holder_key("a" * 64, _stat())
+    base = holder.holder_key("a" * 64, _stat(), 4026531841)
     assert base is not None and "/" not in base
-    assert holder.holder_key("b" * 64, _stat()) != base  # a re-pull
-    assert holder.holder_key("a" * 64, _stat(st_ino=78)) != base  # another file (store)
-    assert holder.holder_key("a" * 64, _stat(st_ctime_ns=2_000_000)) != base  # rewritten in place
-    assert holder.holder_key("a" * 64, _stat()) == base
-    assert holder.holder_key("../x", _stat()) is None and holder.holder_key("", _stat()) is None
+    assert holder.holder_key("b" * 64, _stat(), 4026531841) != base  # a re-pull
+    assert holder.holder_key("a" * 64, _stat(st_ino=78), 4026531841) != base  # another file (store)
+    assert holder.holder_key("a" * 64, _stat(st_ctime_ns=2_000_000), 4026531841) != base  # rewritten in place
+    assert holder.holder_key("a" * 64, _stat(), 4026532999) != base  # launched from another mount namespace
+    assert holder.holder_key("a" * 64, _stat(), 4026531841) == base
+    assert holder.holder_key("../x", _stat(), 1) is None and holder.holder_key("", _stat(), 1) is None
 
 
 def test_record_round_trip_and_garbage() -> None:

@@ -2,8 +2,8 @@
 
 An *image holder* keeps one squashfuse mount of an image, and the user+mount namespace that owns
 it, for one user on one node.  It is found through a per-user runtime directory that only that
-user can write, under a key naming the exact image file: the image id and the squashfs file's
-device, inode, size and change time.  A re-pull (a new id, or the file replaced), another store
+user can write, under a key naming the exact image file (the image id and the squashfs file's
+device, inode, size and change time) and the launcher's mount namespace.  A re-pull (a new id, or the file replaced), another store
 (another file) or a file rewritten in place (a new ctime) gets a new key, so a holder never
 serves stale bytes.
 
@@ -27,12 +27,17 @@ def runtime_dirs(uid: int) -> tuple[str, str]:
     return f"/run/user/{uid}/shifter", f"/dev/shm/shifter-{uid}"
 
 
-def holder_key(image_id: str, st: "os.stat_result") -> str | None:
-    """The key of the holder that may serve the image file with status ``st``, or ``None`` when
-    the id is not a plain hex id (such images are mounted afresh)."""
+def holder_key(image_id: str, st: "os.stat_result", mntns: int) -> str | None:
+    """The key of the holder that may serve the image file with status ``st`` to launches from the
+    mount namespace with inode ``mntns``, or ``None`` when the id is not a plain hex id (such
+    images are mounted afresh).
+
+    The launcher's mount namespace is part of the key: a holder's mount namespace is a copy of the
+    one its first launch came from, so launches from another one (e.g. another job's, with a
+    per-job ``/tmp``) must not see it."""
     if not image_id or len(image_id) > 128 or any(c not in "0123456789abcdef" for c in image_id):
         return None
-    return f"{image_id[:32]}-{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_ctime_ns:x}"
+    return f"{image_id[:32]}-{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_ctime_ns:x}-{mntns:x}"
 
 
 def encode_record(pid: int, userns: int, mntns: int) -> bytes:

@@ -66,8 +66,9 @@ _PR_SET_DUMPABLE = 4
 class Pending:
     """A first launch between taking the key's lock and handing the mount over to its holder."""
 
-    def __init__(self, directory: str, key: str, lock_fd: int, share: SharedImage) -> None:
+    def __init__(self, directory: str, key: str, lock_fd: int, share: SharedImage, mntns: int) -> None:
         self.directory, self.key, self.lock_fd, self.share = directory, key, lock_fd, share
+        self.mntns = mntns  # the launcher's mount namespace (part of the key)
 
     def path(self, suffix: str) -> str:
         return f"{self.directory}/{self.key}{suffix}"
@@ -86,7 +87,8 @@ def join_or_lock(share: SharedImage, uid: int) -> Pending | bool:
     launch (holding the key's lock).  ``False``: no sharing for this launch (no usable runtime
     directory, the lock not taken in time, or an image id unfit for a key)."""
     try:
-        key = names.holder_key(share.image_id, os.stat(share.source))
+        mntns = os.stat("/proc/self/ns/mnt").st_ino
+        key = names.holder_key(share.image_id, os.stat(share.source), mntns)
         directory = runtime_dir(uid)
     except OSError:
         return False
@@ -95,7 +97,7 @@ def join_or_lock(share: SharedImage, uid: int) -> Pending | bool:
     lock_fd = _lock(f"{directory}/{key}{names.LOCK_SUFFIX}")
     if lock_fd < 0:
         return False
-    pending = Pending(directory, key, lock_fd, share)
+    pending = Pending(directory, key, lock_fd, share, mntns)
     try:
         found = _find(pending, uid)
         if found is None:
@@ -253,7 +255,8 @@ def hand_over(pending: Pending) -> None:
     nothing is published and this launch keeps its mount to itself.
     """
     try:
-        same = names.holder_key(pending.share.image_id, os.stat(pending.share.source)) == pending.key
+        same = names.holder_key(pending.share.image_id, os.stat(pending.share.source),
+                                pending.mntns) == pending.key
         if same:
             _start_holder(pending)
     finally:
