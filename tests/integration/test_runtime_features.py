@@ -30,6 +30,7 @@ from tests.fixtures.runtime import (
     loop_devices,
     needs_tools,
     publish,
+    scratch_dir,
     shifter_env,
 )
 
@@ -70,7 +71,7 @@ def site() -> Iterator[Site]:
     ensure_user()
     _ensure_group()
     os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-feat-", dir="/tmp"))
+    base = scratch_dir("shifter-feat-")
     os.chmod(base, 0o755)
     for sub in ("store/tags/docker", "userstore/tags/docker", "udi", "loop", "cache", "shared/sub"):
         (base / sub).mkdir(parents=True)

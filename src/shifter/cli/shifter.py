@@ -38,11 +38,11 @@ def caller_identity() -> object:
     uid, gid = os.getuid(), os.getgid()
     try:
         entry = pwd.getpwuid(uid)
-        user, home = entry.pw_name, entry.pw_dir
+        user, home, shell = entry.pw_name, entry.pw_dir, entry.pw_shell
     except KeyError:
-        user, home = str(uid), os.environ.get("HOME", "/")
+        user, home, shell = str(uid), os.environ.get("HOME", "/"), ""
     groups = tuple(dict.fromkeys([gid, *os.getgroups()]))
-    return Identity(uid=uid, gid=gid, groups=groups, user=user, home=home)
+    return Identity(uid=uid, gid=gid, groups=groups, user=user, home=home, shell=shell)
 
 
 def current_dir() -> str:

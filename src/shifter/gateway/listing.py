@@ -1,11 +1,15 @@
-"""Rows for ``shifterimg images``: from the database, and from a store's files alone."""
+"""Rows for ``shifterimg images``: from the database records, and from a store's files alone.
+
+No SQLAlchemy here: the fast ``images`` (:mod:`shifter.cli.imgfast`) uses it too."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from shifter.errors import AccessDeniedError
 from shifter.gateway.acl import ImageAcl
+from shifter.gateway.records import ImageRecord
 from shifter.store.layout import ImageStore
 
 
@@ -32,6 +36,25 @@ def store_rows(store: ImageStore, kind: str, system: str, skip: set[str] | None 
     for image_id in store.image_ids():
         if image_id not in tagged and image_id not in (skip or ()) and store.is_ready(image_id):
             rows.append(image_row(_metadata(store, image_id), kind, system))
+    return rows
+
+
+def primary_rows(records: Sequence[ImageRecord], store: ImageStore, kind: str, system: str) -> list[dict[str, Any]]:
+    """The rows of a store the caller works in: one per tag (and per untagged image) of its database
+    ``records``, then what its files show that the database does not know."""
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for record in records:
+        base = image_row(record.to_json(), kind, system)
+        for tag in record.tags:
+            rows.append({**base, "tag": tag.ref, "type": tag.type})
+            seen.add((tag.type, tag.ref))
+        if not record.tags:
+            rows.append(base)
+    known = {record.id for record in records}
+    for row in store_rows(store, kind, system):  # what the DB does not know
+        if (row["type"], row["tag"]) not in seen and (row["tag"] is not None or row["id"] not in known):
+            rows.append(row)
     return rows
 
 

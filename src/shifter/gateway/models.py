@@ -1,7 +1,8 @@
-"""Database tables of the gateway (SQLAlchemy 2.0 ORM), and the plain records handed out.
+"""Database tables of the gateway (SQLAlchemy 2.0 ORM).
 
-Only :mod:`shifter.gateway.repository` touches these classes; the service layer sees
-the frozen :class:`ImageRecord` / :class:`TagRecord` values.
+Only :mod:`shifter.gateway.repository` touches these classes; the service layer sees the frozen
+:class:`ImageRecord` / :class:`TagRecord` values of :mod:`shifter.gateway.records` (re-exported
+here).
 
 The same tables serve SQLite and PostgreSQL.  PostgreSQL enforces ``String(n)`` lengths
 (SQLite does not), so every length fits the largest value the code accepts (sha512 ids and
@@ -12,29 +13,15 @@ UTC in both (:class:`UtcDateTime`).
 from __future__ import annotations
 
 import datetime as dt
-import enum
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Dialect, ForeignKey, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shifter.gateway.records import ImageRecord, Status, TagRecord
+
 ID_LENGTH = 128  # hex of a sha512 digest (sha256: 64)
 DIGEST_LENGTH = 160  # "sha512:" + 128 hex, with room to spare
-
-
-class Status(enum.StrEnum):
-    """Life cycle of an image: PENDING -> PULLING -> CONVERTING -> READY, or FAILED."""
-
-    PENDING = "PENDING"
-    PULLING = "PULLING"
-    CONVERTING = "CONVERTING"
-    READY = "READY"
-    FAILED = "FAILED"
-
-    @property
-    def busy(self) -> bool:
-        return self in (Status.PENDING, Status.PULLING, Status.CONVERTING)
 
 
 class Base(DeclarativeBase):
@@ -106,50 +93,6 @@ class MetaRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
-
-
-@dataclass(frozen=True)
-class TagRecord:
-    type: str
-    ref: str
-    image_id: str
-    owner: str = ""
-    top_digest: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """An image as the service layer sees it."""
-
-    id: str
-    digest: str
-    type: str
-    status: Status
-    status_message: str = ""
-    source: str = ""
-    owner: str = ""
-    worker: str = ""
-    compressed_size: int = 0
-    size: int = 0
-    created: str = ""
-    pulled_at: dt.datetime | None = None
-    updated_at: dt.datetime | None = None
-    acl: dict[str, Any] = field(default_factory=dict)
-    tags: tuple[TagRecord, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (timestamps as ISO 8601 UTC)."""
-        return {
-            "id": self.id, "digest": self.digest, "type": self.type, "status": self.status.value,
-            "status_message": self.status_message, "source": self.source, "owner": self.owner,
-            "compressed_size": self.compressed_size, "size": self.size, "created": self.created,
-            "pulled_at": _iso(self.pulled_at), "updated_at": _iso(self.updated_at), "acl": self.acl,
-            "tags": [f"{t.type}:{t.ref}" for t in self.tags],
-        }
-
-
-def _iso(when: dt.datetime | None) -> str | None:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
 __all__ = ["Base", "ImageRecord", "ImageRow", "MetaRow", "Status", "TagRecord", "TagRow", "UtcDateTime"]

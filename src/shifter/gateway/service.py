@@ -42,7 +42,7 @@ from shifter.errors import (
 )
 from shifter.gateway.acl import PUBLIC, ImageAcl
 from shifter.gateway.conversion import Converter, Flattener, SquashfsBuilder, StreamBuilder
-from shifter.gateway.listing import image_row, store_rows
+from shifter.gateway.listing import primary_rows, store_rows
 from shifter.gateway.models import ImageRecord, Status
 from shifter.gateway.progress import NullProgress, ProgressSink
 from shifter.gateway.repository import ImageRepository
@@ -416,7 +416,7 @@ class ImageService:
 
     def images(self) -> list[dict[str, Any]]:
         """One JSON-able row per tag (and per untagged image) in every store this service sees."""
-        rows = self._primary_rows()
+        rows = primary_rows(self.repo.list_images(), self.store, self.choice.kind, self.config.system)
         for other in self.choice.also_search:
             rows += store_rows(other, "site", self.config.system)
         return rows
@@ -601,25 +601,6 @@ class ImageService:
             raise ImageNotFoundError(f"image {image_type}:{tag} is not in {self.store.root}",
                                      hint="see 'shifterimg images'")
         return image_id
-
-    def _primary_rows(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        seen: set[tuple[str, str]] = set()
-        records = self.repo.list_images()
-        for record in records:
-            base = image_row(record.to_json(), self.choice.kind, self.config.system)
-            for tag in record.tags:
-                rows.append({**base, "tag": tag.ref, "type": tag.type})
-                seen.add((tag.type, tag.ref))
-            if not record.tags:
-                rows.append(base)
-        known = {record.id for record in records}
-        for row in store_rows(self.store, self.choice.kind, self.config.system):  # what the DB does not know
-            if (row["type"], row["tag"]) not in seen and (row["tag"] is not None or row["id"] not in known):
-                rows.append(row)
-        return rows
-
-
 
 class _Held:
     """A context manager that releases an already acquired lock."""

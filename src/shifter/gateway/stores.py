@@ -17,23 +17,25 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from shifter._record import Record
 from shifter.config.site import SiteConfig, expand_user_path
-from shifter.store.blobcache import BlobCache
 from shifter.store.layout import ImageStore
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from shifter.store.blobcache import BlobCache
 
-@dataclass(frozen=True)
-class Caller:
+
+class Caller(Record):
     """The user on whose behalf the service acts (the CLI's own process, or a munge-authenticated client)."""
 
     uid: int
     gid: int
     username: str
     home: str
-    groups: tuple[int, ...] = field(default=())
+    groups: tuple[int, ...] = ()
 
     @classmethod
     def current(cls) -> Caller:
@@ -58,15 +60,22 @@ class Caller:
         return self.username in config.gateway_admins or (self.uid == 0 and "root" in config.gateway_admins)
 
 
-@dataclass(frozen=True)
-class StoreChoice:
+class StoreChoice(Record):
     """The store a caller works in, with its database URL and blob cache."""
 
     store: ImageStore
     kind: str  # "site" or "user"
     database_url: str
-    cache: BlobCache
+    cache_dir: str
+    cache_max_size: int
     also_search: tuple[ImageStore, ...] = ()  # read-only stores shown by images/lookup
+
+    @property
+    def cache(self) -> BlobCache:
+        """The store's blob cache (made on use: ``lookup``/``images`` never import it)."""
+        from shifter.store.blobcache import BlobCache  # noqa: PLC0415
+
+        return BlobCache(self.cache_dir, self.cache_max_size)
 
 
 def can_write(path: Path) -> bool:
@@ -93,10 +102,10 @@ def choose_store(config: SiteConfig, caller: Caller, *, site_writable: bool | No
     if writable:
         store = ImageStore(site_root, config.cache_dir or None)
         url = config.database_url or f"sqlite:///{store.database_path}"
-        return StoreChoice(store, "site", url, BlobCache(store.cache_dir, config.cache_max_size))
+        return StoreChoice(store, "site", url, str(store.cache_dir), config.cache_max_size)
     store = ImageStore(user_store_root(config, caller))
     url = f"sqlite:///{store.database_path}"
-    return StoreChoice(store, "user", url, BlobCache(store.cache_dir, config.cache_max_size),
+    return StoreChoice(store, "user", url, str(store.cache_dir), config.cache_max_size,
                        also_search=(ImageStore(site_root),))
 
 

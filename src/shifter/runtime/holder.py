@@ -3,9 +3,9 @@
 An *image holder* keeps one squashfuse mount of an image, and the user+mount namespace that owns
 it, for one user on one node.  It is found through a per-user runtime directory that only that
 user can write, under a key naming the exact image file (the image id and the squashfs file's
-device, inode, size and change time) and the launcher's mount namespace.  A re-pull (a new id, or the file replaced), another store
-(another file) or a file rewritten in place (a new ctime) gets a new key, so a holder never
-serves stale bytes.
+device, inode, size and change time) and the launcher's mount namespace.  A re-pull (a new id,
+or the file replaced), another store (another file) or a file rewritten in place (a new ctime)
+gets a new key, so a holder never serves stale bytes.
 
 Stdlib only, no imports: this module is on the launch path.
 """

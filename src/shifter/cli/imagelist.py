@@ -1,0 +1,62 @@
+"""The ``shifterimg images`` table (NERSC's layout); light: the fast ``images`` uses it too."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+
+def _local_time(value: object) -> str:
+    """``2026-01-02T03:04:05Z`` (UTC) -> local ``2026-01-02T04:04:05``; ``-`` when unknown."""
+    if not value:
+        return "-"
+    text = str(value)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def familiar_name(ref: str) -> str:
+    """``docker.io/library/ubuntu:22.04`` -> ``ubuntu:22.04``; other registries stay in full."""
+    if ref.startswith("docker.io/library/"):
+        return ref[len("docker.io/library/"):]
+    if ref.startswith("docker.io/"):
+        return ref[len("docker.io/"):]
+    return ref
+
+
+def _tag_column(row: dict[str, Any]) -> str:
+    """The tag; ``<none> (from SOURCE)`` for an untagged image; `` [private]`` after a private one."""
+    if row.get("tag"):
+        text = familiar_name(str(row["tag"]))
+    elif row.get("source"):
+        text = f"<none> (from {familiar_name(str(row['source']))})"
+    else:
+        text = "<none>"
+    acl = row.get("acl")
+    if isinstance(acl, dict) and acl.get("private"):
+        text += " [private]"
+    return text
+
+
+def format_image_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """NERSC's layout: ``%-10s %-10s %-8s %-.10s   %s %s`` (system, type, status, id, pulled, tag).
+
+    Untagged images (a moved tag's old image, a failed pull) sort last as ``<none> (from SOURCE)``.
+    """
+    lines = []
+    for row in sorted(rows, key=lambda r: (not r.get("tag"), familiar_name(str(r.get("tag") or "")),
+                                           str(r.get("id")))):
+        tag = _tag_column(row)
+        system, kind, status = (str(row.get(k) or "") for k in ("system", "type", "status"))
+        lines.append(f"{system:<10} {kind:<10} {status:<8} {str(row.get('id', ''))[:10]:<10}   "
+                     f"{_local_time(row.get('pulled_at'))} {tag}")
+    return lines
+
+
+__all__ = ["familiar_name", "format_image_rows"]
