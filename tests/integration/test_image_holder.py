@@ -123,7 +123,10 @@ def holders(uid: int = TEST_UID) -> dict[str, int]:
     found: dict[str, int] = {}
     directory = Path(f"/dev/shm/shifter-{uid}")
     for record in directory.glob("*.holder") if directory.exists() else []:
-        found[record.name[:-7]] = int(record.read_text().split()[1])
+        try:
+            found[record.name[:-7]] = int(record.read_text().split()[1])
+        except FileNotFoundError:
+            continue  # a holder ending right now
     return found
 
 
