@@ -11,13 +11,21 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.runtime import IS_ROOT, TEST_UID, TEST_USER, VENV_BIN, ensure_user, needs_root, shifter_env
+from tests.fixtures.runtime import (
+    IS_ROOT,
+    TEST_UID,
+    TEST_USER,
+    VENV_BIN,
+    ensure_user,
+    needs_root,
+    scratch_dir,
+    shifter_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +45,7 @@ ROOT_ONLY = ("shifter-setup", "shifter-teardown")
 @pytest.fixture
 def base() -> Iterator[Path]:
     """A directory every user can search, holding a usable configuration body."""
-    path = Path(tempfile.mkdtemp(prefix="shifter-conftrust-", dir="/var/tmp"))
+    path = scratch_dir("shifter-conftrust-")
     os.chmod(path, 0o755)
     (path / "images").mkdir()
     (path / "text").write_text(f"imagePath={path / 'images'}\nudiMount={path / 'udi'}\n"

@@ -18,7 +18,6 @@ import secrets
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from tests.fixtures.runtime import (
     loop_devices,
     needs_tools,
     publish,
+    scratch_dir,
     shifter_env,
 )
 from tests.fixtures.stopper import Stopper, squashfuse_processes
@@ -62,7 +62,7 @@ def site() -> Iterator[Site]:
         pytest.skip("needs root")
     ensure_user()
     os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-fusestop-", dir="/var/tmp"))
+    base = scratch_dir("shifter-fusestop-")
     store, users, udi, loop = base / "store", base / "userstore", base / "udi", base / "loop"
     for path in (store / "tags/docker", users / "tags/docker", udi, loop):
         path.mkdir(parents=True)
@@ -75,7 +75,8 @@ def site() -> Iterator[Site]:
         os.chmod(dirpath, 0o755)
         for name in filenames:
             full = os.path.join(dirpath, name)
-            os.chmod(full, stat.S_IMODE(os.stat(full).st_mode) | 0o444)
+            if not os.path.islink(full):  # the rootfs has links out of it: never chmod their targets
+                os.chmod(full, stat.S_IMODE(os.stat(full).st_mode) | 0o444)
     for dirpath, _dirnames, filenames in os.walk(users):  # the user's own store
         for name in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
             os.chown(name, TEST_UID, TEST_UID)
