@@ -27,6 +27,7 @@ from tests.fixtures.runtime import (
     TEST_USER,
     build_rootfs,
     ensure_user,
+    loop_devices,
     needs_tools,
     publish,
     shifter_env,
@@ -87,9 +88,9 @@ def site() -> Iterator[Site]:
     (rootfs / "app").mkdir()
     result = Site(base, rootfs, "docker.io/library/busybox:holder")
     result.publish("v1", "5" * 64)
-    teardown_holders(TEST_USER, OTHER_USER)
+    teardown_holders(TEST_USER, OTHER_USER, "root")
     yield result
-    teardown_holders(TEST_USER, OTHER_USER)
+    teardown_holders(TEST_USER, OTHER_USER, "root")
     for uid in (TEST_UID, OTHER_UID):  # whatever a failed test left running (by pid)
         for pid, _ in user_processes(uid):
             os.kill(pid, signal.SIGKILL)
@@ -121,7 +122,7 @@ def ns_and_version(site: Site, linger: int = 60) -> tuple[str, str]:
 def holders(uid: int = TEST_UID) -> dict[str, int]:
     """key -> pid of the holders whose records are in ``uid``'s directory."""
     found: dict[str, int] = {}
-    directory = Path(f"/dev/shm/shifter-{uid}")
+    directory = Path(f"/dev/shm/shifter-{uid}" if uid else "/run/shifter-0")
     for record in directory.glob("*.holder") if directory.exists() else []:
         try:
             found[record.name[:-7]] = int(record.read_text().split()[1])
@@ -322,3 +323,55 @@ def test_sigkilled_container_leaves_only_the_holder(site: Site, linger: int) -> 
         assert alive(pid)
     else:  # nothing at all
         assert wait_for(lambda: not user_processes()), user_processes()
+
+
+# --- root mode: one kernel loop mount per image, shared by privileged launches ----------------------
+
+def run_root(site: Site, *args: str, linger: int = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SHIFTER, f"--user={TEST_USER}", "--image=busybox:holder", *args], cwd="/",
+                          env=shifter_env(site.config(linger)), capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def image_device(site: Site, linger: int = 60) -> str:
+    """major:minor of the image's file system as a privileged container sees it (its /bin)."""
+    res = run_root(site, "sh", "-c", "grep ' /bin ' /proc/self/mountinfo; id -u", linger=linger)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[-1] == str(TEST_UID)  # still the user's container
+    return lines[0].split()[2]
+
+
+@needs_tools
+def test_privileged_launches_reuse_one_loop_mount(site: Site) -> None:
+    first = image_device(site)
+    assert len(holders(0)) == 1 and len(loop_devices(str(site.base))) == 1
+    assert image_device(site) == first
+    assert len(loop_devices(str(site.base))) == 1  # no second loop device
+    directory = os.stat("/run/shifter-0")
+    assert directory.st_uid == 0 and directory.st_mode & 0o777 == 0o700
+
+
+@needs_tools
+def test_privileged_holder_ends_without_linger_and_frees_the_loop_device(site: Site) -> None:
+    image_device(site, linger=0)
+    assert wait_for(lambda: not holders(0))
+    assert wait_for(lambda: not loop_devices(str(site.base)))
+
+
+@needs_tools
+def test_teardown_root_ends_roots_holders(site: Site) -> None:
+    image_device(site)
+    (pid,) = holders(0).values()
+    teardown_holders("root")
+    assert wait_for(lambda: not alive(pid)) and not holders(0)
+    assert wait_for(lambda: not loop_devices(str(site.base)))
+
+
+@needs_tools
+def test_repull_while_roots_holder_lives_serves_the_new_image(site: Site) -> None:
+    old = image_device(site)
+    site.publish("v2", "6" * 64)
+    res = run_root(site, "cat", "/app/version")
+    assert res.stdout.strip() == "v2", res.stderr
+    assert image_device(site) != old

@@ -23,8 +23,15 @@ def test_unprivileged_store_image_is_shared_with_the_sites_linger() -> None:
     assert _share().linger == 0  # the default: the holder ends with the last container
 
 
-def test_privileged_launches_and_slave_volumes_mount_afresh() -> None:
-    assert _share(privileged=True) is None
+def test_privileged_site_image_is_shared_through_roots_holder() -> None:
+    plan = p.build_plan(make_spec(privileged=True), CONFIG)
+    ns = ops_of(plan, p.EnterNamespaces)[0]
+    assert ns.share == p.SharedImage(IMAGE.squashfs, IMAGE.image_id, "/var/loop", 0) and not ns.user_ns
+    assert ops_of(plan, p.MountImage)[0].method == "loop"
+
+
+def test_user_store_image_as_root_and_slave_volumes_mount_afresh() -> None:
+    assert _share(privileged=True, image=dataclasses.replace(IMAGE, user_store=True)) is None
     assert _share(volumes=(VolumeSpec("/s", "/s", origin="site", slave=True),)) is None
     assert _share(image=dataclasses.replace(IMAGE, image_id="../../etc")) is None
 
@@ -64,6 +71,7 @@ def test_record_round_trip_and_garbage() -> None:
 
 def test_runtime_dirs_are_per_user() -> None:
     assert holder.runtime_dirs(2001) == ("/run/user/2001/shifter", "/dev/shm/shifter-2001")
+    assert holder.runtime_dirs(0) == ("/run/user/0/shifter", "/run/shifter-0")  # no user can plant it
 
 
 def test_local_images_are_never_shared() -> None:

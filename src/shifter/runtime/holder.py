@@ -23,8 +23,9 @@ MAX_RECORD = 256
 def runtime_dirs(uid: int) -> tuple[str, str]:
     """Where ``uid``'s holders live: ``/run/user/UID/shifter`` when the login manager made
     ``/run/user/UID`` for the user, else ``/dev/shm/shifter-UID`` (node-local tmpfs on every
-    Linux node).  The first that exists and belongs to the user is used; the second is created."""
-    return f"/run/user/{uid}/shifter", f"/dev/shm/shifter-{uid}"
+    Linux node); root's in ``/run/shifter-0`` (where no user can plant anything).  The first that
+    exists and belongs to the user is used; the second is created."""
+    return f"/run/user/{uid}/shifter", f"/dev/shm/shifter-{uid}" if uid else "/run/shifter-0"
 
 
 def holder_key(image_id: str, st: "os.stat_result", mntns: int) -> str | None:

@@ -322,11 +322,16 @@ def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
 
 
 def shared_image(spec: ContainerSpec, config: SiteConfig) -> SharedImage | None:
-    """Whether this launch shares its image mount (see :class:`SharedImage`): unprivileged
-    launches of a store image whose namespace root stays private.  (A ``slave`` volume needs a
-    namespace copied from the host's at launch time, so it mounts the image afresh.)"""
+    """Whether this launch shares its image mount (see :class:`SharedImage`): launches of a store
+    image whose namespace root stays private; unprivileged ones (squashfuse, the user's holder),
+    and privileged ones of a site-store image (the kernel loop mount, root's holder).  Not a
+    per-user-store image in privileged mode (squashfuse run as that user, for that container
+    only), nor with a ``slave`` volume (its namespace must be copied from the host's at launch
+    time)."""
     image = spec.image
-    if spec.privileged or not image.squashfs or root_propagation(spec) != "private":
+    if not image.squashfs or root_propagation(spec) != "private":
+        return None
+    if spec.privileged and image.user_store:
         return None
     if not image.image_id or not all(c in "0123456789abcdef" for c in image.image_id):
         return None
@@ -382,7 +387,7 @@ def build_plan(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str]
     fuse = any(isinstance(op, MountImage) and op.method == "squashfuse" for op in tree)
     ops: list[Op] = [EnterNamespaces(user_ns=not spec.privileged, uid=ident.uid, gid=ident.gid,
                                      fuse_helper=fuse, propagation=root_propagation(spec),
-                                     share=shared_image(spec, config) if fuse else None)]
+                                     share=shared_image(spec, config))]
     ops += tree + finish_ops(spec, config, EnterRoot(config.udi_mount, "pivot"))
     return Plan(tuple(ops), user_ids(spec, config))
 

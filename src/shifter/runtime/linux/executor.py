@@ -193,10 +193,10 @@ def _hint(op: p.Op, err: OSError) -> str:
 def enter_namespaces(op: p.EnterNamespaces, ctx: Context) -> None:
     """New user namespace (single-id maps of the caller) and/or mount namespace; or, for a shared
     image, the user and mount namespace of its live holder (see :mod:`.holder`)."""
-    if op.user_ns and op.share is not None:
+    if op.share is not None:
         from shifter.runtime.linux import holder  # noqa: PLC0415
 
-        joined = holder.join_or_lock(op.share, op.uid)
+        joined = holder.join_or_lock(op.share, op.user_ns)
         ctx.image_shared = joined is True
         ctx.holder = joined if isinstance(joined, holder.Pending) else None
         if ctx.image_shared:
@@ -249,10 +249,11 @@ def _start_fuse_helper(ctx: Context) -> None:
 
 def mount_image(op: p.MountImage, ctx: Context) -> None:
     """Mount the image read-only, nosuid, nodev at the loop mount point."""
-    if ctx.image_shared:
-        return  # mounted by the holder we joined
     target = _open_dir(op.mountpoint)
     ctx.setup_paths.append(fsutil.real_path(target))
+    if ctx.image_shared:
+        os.close(target)
+        return  # mounted by the holder we joined
     try:
         if op.method == "loop":
             _mount_loop(op.source, target)
@@ -269,6 +270,11 @@ def mount_image(op: p.MountImage, ctx: Context) -> None:
             raise ContainerError(f"unknown image mount method {op.method!r}")
     finally:
         os.close(target)
+    if ctx.holder is not None:  # the first launch of a shared image: hand the mount over
+        from shifter.runtime.linux import holder  # noqa: PLC0415
+
+        holder.hand_over(ctx.holder)  # type: ignore[arg-type]
+        ctx.holder = None
 
 
 def _open_dir(path: str) -> int:
@@ -326,11 +332,6 @@ def _mount_squashfuse(op: p.MountImage, target: int, ctx: Context) -> None:
     if status != 0:
         raise ContainerError(f"squashfuse failed to serve {op.source} (exit status {status})",
                              hint="check that squashfuse is installed and the image file is readable")
-    if ctx.holder is not None:
-        from shifter.runtime.linux import holder  # noqa: PLC0415
-
-        holder.hand_over(ctx.holder)  # type: ignore[arg-type]
-        ctx.holder = None
 
 
 # --- root tree -----------------------------------------------------------------------------------

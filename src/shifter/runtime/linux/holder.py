@@ -6,7 +6,8 @@ namespaces, so shared memory through ``/proc/PID/fd`` and CMA (``process_vm_read
 them (the kernel lets a process reach another's memory only from the same user namespace, or with
 ``CAP_SYS_PTRACE`` over it).
 
-With a holder:
+With a holder (the same for root's privileged launches, minus the user namespace: root's holder
+keeps the kernel loop mount of a site image, which serves every user alike):
 
 * The **first** launch (under the key's lock) makes the user namespace U and a mount namespace M
   as before, mounts the image there with squashfuse, and then forks the *holder*: a small
@@ -81,11 +82,14 @@ class Pending:
 
 # --- the launch's side ----------------------------------------------------------------------------
 
-def join_or_lock(share: SharedImage, uid: int) -> Pending | bool:
-    """Join a live holder of this image (``True``: now in its user namespace and in a fresh copy
-    of its mount namespace, the image mounted), or return the :class:`Pending` state of a first
-    launch (holding the key's lock).  ``False``: no sharing for this launch (no usable runtime
-    directory, the lock not taken in time, or an image id unfit for a key)."""
+def join_or_lock(share: SharedImage, user_ns: bool) -> Pending | bool:
+    """Join a live holder of this image (``True``: now in its user namespace, when ``user_ns``,
+    and in a fresh copy of its mount namespace, the image mounted), or return the
+    :class:`Pending` state of a first launch (holding the key's lock).  ``False``: no sharing for
+    this launch (no usable runtime directory, the lock not taken in time, or an image id unfit for
+    a key).  Holders are per effective uid: the user's own, or root's (privileged launches, whose
+    kernel loop mount serves every user alike)."""
+    uid = os.geteuid()
     try:
         mntns = os.stat("/proc/self/ns/mnt").st_ino
         key = names.holder_key(share.image_id, os.stat(share.source), mntns)
@@ -103,7 +107,7 @@ def join_or_lock(share: SharedImage, uid: int) -> Pending | bool:
         if found is None:
             return pending
         try:
-            _join(*found)
+            _join(*found, user_ns)
         finally:
             for fd in found:
                 os.close(fd)
@@ -238,10 +242,12 @@ def _register(socket_path: str) -> None:
         sock.close()
 
 
-def _join(user_fd: int, mnt_fd: int) -> None:
-    """Into the holder's user namespace (as its owner we get every capability in it), into its
-    mount namespace, then a private copy of that for this container."""
-    sc.setns(user_fd, sc.CLONE_NEWUSER)
+def _join(user_fd: int, mnt_fd: int, user_ns: bool) -> None:
+    """Into the holder's user namespace (as its owner we get every capability in it; root's
+    holders have none of their own), into its mount namespace, then a private copy of that for
+    this container."""
+    if user_ns:
+        sc.setns(user_fd, sc.CLONE_NEWUSER)
     sc.setns(mnt_fd, sc.CLONE_NEWNS)
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
