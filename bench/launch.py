@@ -9,8 +9,9 @@ then times with hyperfine (``-N``, no shell), all in one run:
   anything run as the unprivileged user);
 * ``python -I -S`` starting and exec'ing ``/bin/true`` as that user: the floor of any Python
   launcher (shifter's own work is the prepared row minus this one);
-* shifter privileged (root, ``--user``: kernel loop mount; no reuse across launches yet, so one
-  row serves as cold and warm);
+* shifter privileged (root, ``--user``: kernel loop mount), **cold** (``shifter-teardown
+  --user=root`` before every run: a fresh loop device and mount) and **warm** (joining root's
+  image holder);
 * shifter unprivileged **cold** (user namespace + a fresh squashfuse: every run is preceded by
   ``shifter-teardown --user``, so nothing is held) and **warm** (``imageMountLinger=600``: the
   run joins the image holder the warm-up left, see docs/runtime.md "Image holders"), through
@@ -124,12 +125,11 @@ def run(base: Path, runs: int, warmup: int, image: str, venv: Path) -> int:
         "true": "/bin/true",
         "runuser true": f"{as_user} /bin/true",
         "python -IS exec": f'{as_user} {venv / "python3"} -I -S -c "{PYTHON_FLOOR}"',
-        "shifter root --user": f"{shifter_command(venv)} --user={TEST_USER} --image=busybox:bench /bin/true",
+        "shifter root warm": f"{shifter_command(venv)} --user={TEST_USER} --image=busybox:bench /bin/true",
         "shifter unpriv warm": f"{as_user} {shifter}",
         "ch-run": f"{as_user} ch-run {sqfs} -- /bin/true",
     }
-    notes = [f"shifter is {shifter_command(venv)}; image {image}; the root row is cold and warm alike "
-             "(root mode does not reuse its loop mounts yet)"]
+    notes = [f"shifter is {shifter_command(venv)}; image {image}"]
     if not shutil.which("ch-run"):
         del commands["ch-run"]
         notes.append("ch-run not installed: skipped")
@@ -146,6 +146,8 @@ def run(base: Path, runs: int, warmup: int, image: str, venv: Path) -> int:
     teardown = f"{venv / 'shifter-teardown'} --user={TEST_USER}"
     times.update(hyperfine({"shifter unpriv cold": f"{as_user} {shifter}"}, env, base / "cold.json", runs,
                            warmup, prepare=teardown))
+    times.update(hyperfine({"shifter root cold": commands["shifter root warm"]}, env, base / "rootcold.json", runs,
+                           warmup, prepare=f"{venv / 'shifter-teardown'} --user=root"))
     setup = subprocess.run([str(venv / "shifter-setup"), "--image=busybox:bench", f"--user={TEST_USER}"],
                            env=env, capture_output=True, text=True, check=False)
     if setup.returncode == 0:

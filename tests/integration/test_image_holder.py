@@ -8,10 +8,12 @@ forged holder detected and replaced, and a SIGKILLed container leaving nothing b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -285,6 +287,10 @@ def test_forged_record_naming_another_process_is_not_joined(site: Site) -> None:
         record = HOLDER_DIR / f"{key}.holder"
         record.write_text(f"1 {decoy_pid} 4026531837 4026531841\n")
         os.chown(record, TEST_UID, TEST_UID)
+        for index in HOLDER_DIR.glob("fast-*.json"):  # the fast path's index, forged the same way
+            forged = json.loads(index.read_text())
+            forged["pid"] = decoy_pid
+            index.write_text(json.dumps(forged))
         new_ns, version = ns_and_version(site)
         assert version == "v1" and new_ns != own_ns
         assert holders()[key] != decoy_pid
@@ -323,6 +329,68 @@ def test_sigkilled_container_leaves_only_the_holder(site: Site, linger: int) -> 
         assert alive(pid)
     else:  # nothing at all
         assert wait_for(lambda: not user_processes()), user_processes()
+
+
+# --- the fast path enters the tree a first launch left in its holder ------------------------------
+
+PACKAGE_DIR = str(Path(__file__).resolve().parents[2] / "src")
+FAST_ONLY = ("import sys\nsys.path.append(sys.argv.pop(1))\nfrom shifter.runtime.linux import fastpath\n"
+             "status = fastpath.try_enter(sys.argv[1:])\nif status is None:\n    print('FALLBACK')\n"
+             "sys.exit(99 if status is None else status)\n")
+ROOT_SCRIPT = "grep ' / / ' /proc/self/mountinfo | cut -d' ' -f3; readlink /proc/self/ns/user; cat /app/version"
+
+
+def fast_only(site: Site, *args: str, linger: int = 60) -> subprocess.CompletedProcess[str]:
+    """Only ``fastpath.try_enter``, as the launcher runs it; prints FALLBACK if it declined."""
+    env = [f"{k}={v}" for k, v in shifter_env(site.config(linger), USER=TEST_USER).items()]
+    return subprocess.run(["runuser", "-u", TEST_USER, "--", "env", "-i", *env, sys.executable, "-I", "-S", "-c",
+                           FAST_ONLY, PACKAGE_DIR, "--image=busybox:holder", *args], cwd="/", capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@needs_tools
+def test_fast_path_enters_the_tree_the_first_launch_left(site: Site) -> None:
+    first = run_user(site, "sh", "-c", ROOT_SCRIPT)
+    assert first.returncode == 0, first.stderr
+    fast = fast_only(site, "sh", "-c", ROOT_SCRIPT + "; id -u")
+    assert fast.returncode == 0 and "FALLBACK" not in fast.stdout, fast.stdout + fast.stderr
+    # the same root tmpfs (device), the same user namespace, the same image
+    assert fast.stdout.split()[:3] == first.stdout.split() and fast.stdout.split()[3] == str(TEST_UID)
+    status = fast_only(site, "sh", "-c", "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status")
+    assert "CapEff:\t0000000000000000" in status.stdout and "NoNewPrivs:\t1" in status.stdout, status.stdout
+
+
+@needs_tools
+def test_fast_path_declines_another_request_or_a_repull(site: Site) -> None:
+    assert run_user(site, "true").returncode == 0
+    other = fast_only(site, "--volume=/var/tmp:/data", "true")
+    assert other.returncode == 99 and "FALLBACK" in other.stdout  # another request: the full path
+    site.publish("v2", "6" * 64)
+    repulled = fast_only(site, "cat", "/app/version")
+    assert repulled.returncode == 99, repulled.stdout  # the tag changed: the full path decides
+    assert run_user(site, "cat", "/app/version").stdout.strip() == "v2"
+    again = fast_only(site, "cat", "/app/version")
+    assert again.returncode == 0 and again.stdout.strip() == "v2", again.stdout + again.stderr
+
+
+@needs_tools
+def test_fast_path_falls_back_when_the_holder_is_gone(site: Site) -> None:
+    assert run_user(site, "true").returncode == 0
+    (pid,) = holders().values()
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not alive(pid))
+    res = fast_only(site, "true")
+    assert res.returncode == 99 and "FALLBACK" in res.stdout
+    assert run_user(site, "true").returncode == 0  # the full path replaces the holder
+
+
+@needs_tools
+def test_per_node_cache_request_keeps_no_tree(site: Site) -> None:
+    args = ("--volume=/x:/cache:perNodeCache=size=16M", "sh", "-c", "ls /cache | wc -l; touch /cache/f")
+    assert run_user(site, *args).stdout.split() == ["0"]
+    res = fast_only(site, *args)
+    assert "FALLBACK" in res.stdout  # a fresh cache per container: never a shared tree
+    assert run_user(site, *args).stdout.split() == ["0"]
 
 
 # --- root mode: one kernel loop mount per image, shared by privileged launches ----------------------

@@ -8,6 +8,7 @@ import os
 
 from shifter.runtime import holder
 from shifter.runtime import plan as p
+from shifter.runtime.linux import fastpath
 from shifter.runtime.spec import ImageInfo, VolumeSpec
 from tests.unit.test_plan_build import CONFIG, IMAGE, make_spec, ops_of
 
@@ -78,3 +79,10 @@ def test_local_images_are_never_shared() -> None:
     local = ImageInfo(kind="local", ref="/srv/root", image_id="", squashfs="", local_root="/srv/root")
     allowed = dataclasses.replace(CONFIG, allow_local_chroot=True)
     assert ops_of(p.build_plan(make_spec(image=local), allowed), p.EnterNamespaces)[0].share is None
+
+
+def test_fast_paths_index_name_is_the_holders() -> None:
+    for request, path, mntns in ((["busybox:1", None, [], None], "/etc/shifter/udiRoot.conf", 4026531841),
+                                 (["x", "docker", ["/a:/b:ro"], "mpich"], "/srv/é.conf", 1)):
+        assert fastpath.index_name(request, path, mntns) == holder.index_name(request, path, mntns)
+    assert holder.index_name(["a"], "/c", 1) != holder.index_name(["a"], "/c", 2)

@@ -59,5 +59,16 @@ def decode_record(data: bytes) -> tuple[int, int, int] | None:
     return values
 
 
+def index_name(request: list[object], config_path: str, mntns: int) -> str:
+    """The file that lets the fast path find the holder of a request's built tree: named by the
+    request key (``fastpath.request_key``), the configuration file's path and the launcher's mount
+    namespace (FNV-1a over their ``repr``; the file repeats the key, which the reader compares).
+    ``fastpath.index_name`` is the same function (a unit test holds them together)."""
+    digest = 0xCBF29CE484222325
+    for byte in f"{request!r}\0{config_path}\0{mntns}".encode("utf-8", "surrogateescape"):
+        digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"fast-{digest:016x}.json"
+
+
 __all__ = ["LOCK_SUFFIX", "MAX_RECORD", "RECORD_SUFFIX", "SOCKET_SUFFIX", "decode_record", "encode_record",
-           "holder_key", "runtime_dirs"]
+           "holder_key", "index_name", "runtime_dirs"]

@@ -46,13 +46,16 @@ def make_plan(spec: ContainerSpec, config: SiteConfig) -> Plan:
                       site_etc=etc.read_site_etc(config.etc_path))
 
 
-def launch(spec: ContainerSpec, config: SiteConfig, warn: Warn) -> NoReturn:
-    """Build (or enter) the container and exec the command in it."""
+def launch(spec: ContainerSpec, config: SiteConfig, warn: Warn,
+           fast: Callable[[], dict[str, object] | None] | None = None) -> NoReturn:
+    """Build (or enter) the container and exec the command in it.  ``fast``: the fast path's
+    section for this request (``prepared.fast_section``), asked for only if this is the first
+    launch of a shared image, whose holder then keeps the built tree for the fast path."""
     from shifter.runtime.linux import executor  # noqa: PLC0415  (ctypes; only when really launching)
 
     validate(spec, config)
     plan = make_plan(spec, config)
-    executor.run(plan, warn)
+    executor.run(plan, warn, fast=fast if not any(v.per_node_cache for v in spec.volumes) else None)
     raise ContainerError("internal error: the plan ended without running the command")
 
 

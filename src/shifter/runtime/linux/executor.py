@@ -95,16 +95,21 @@ class Context:
         # launch's pending hand-over
         self.image_shared = False
         self.holder: object = None
+        # the fast path's section for a held tree (prepared.fast_section), computed on demand
+        self.fast: Callable[[], dict[str, object] | None] | None = None
         # container target -> fd naming the root of the mount made there (see remount)
         self.mounts: dict[str, int] = {}
         # host paths where the container is built (udiMount, the image): no volume may bind them
         self.setup_paths: list[str] = []
 
 
-def run(plan: p.Plan, warn: Warn, stop_before: str = "") -> Context:
+def run(plan: p.Plan, warn: Warn, stop_before: str = "",
+        fast: Callable[[], dict[str, object] | None] | None = None) -> Context:
     """Execute ``plan`` in order; ``Exec`` does not return.  ``stop_before`` names a phase
-    at which to stop (``shifter-setup`` stops before ``enter``)."""
+    at which to stop (``shifter-setup`` stops before ``enter``).  ``fast``: the fast path's
+    section for this request, if a first launch's holder is to keep its built tree."""
     ctx = Context(warn, plan.user)
+    ctx.fast = fast
     try:
         for op in plan.ops:
             if op.phase == stop_before:
@@ -199,6 +204,11 @@ def enter_namespaces(op: p.EnterNamespaces, ctx: Context) -> None:
         joined = holder.join_or_lock(op.share, op.user_ns)
         ctx.image_shared = joined is True
         ctx.holder = joined if isinstance(joined, holder.Pending) else None
+        if isinstance(joined, holder.Pending) and op.user_ns and ctx.fast is not None:
+            # Taken here, outside the new user namespace: the fast path compares these file
+            # states with its own (owners would show as the overflow id inside).
+            joined.fast = ctx.fast()
+            joined.hold_tree = joined.fast is not None
         if ctx.image_shared:
             return
     if op.user_ns and op.join:
@@ -270,11 +280,15 @@ def mount_image(op: p.MountImage, ctx: Context) -> None:
             raise ContainerError(f"unknown image mount method {op.method!r}")
     finally:
         os.close(target)
-    if ctx.holder is not None:  # the first launch of a shared image: hand the mount over
-        from shifter.runtime.linux import holder  # noqa: PLC0415
+    if ctx.holder is not None and not ctx.holder.hold_tree:  # type: ignore[attr-defined]
+        _hand_over(ctx)  # the first launch of a shared image: the mount goes to the holder
 
-        holder.hand_over(ctx.holder)  # type: ignore[arg-type]
-        ctx.holder = None
+
+def _hand_over(ctx: Context, udi_mount: str = "") -> None:
+    from shifter.runtime.linux import holder  # noqa: PLC0415
+
+    pending, ctx.holder = ctx.holder, None
+    holder.hand_over(pending, udi_mount)  # type: ignore[arg-type]
 
 
 def _open_dir(path: str) -> int:
@@ -850,6 +864,13 @@ def _remount_fd(fd: int, flags: int) -> None:
 
 def enter_root(op: p.EnterRoot, ctx: Context) -> None:
     """``pivot_root`` into the tree and detach the host's tree (or ``chroot`` into it)."""
+    if ctx.holder is not None:
+        # The first launch of a shared image keeps its built tree in the holder's namespace (for
+        # the fast path); we go on in a copy, so the root is looked up again there.
+        _hand_over(ctx, op.root)
+        if ctx.root_fd >= 0:
+            os.close(ctx.root_fd)
+            ctx.root_fd = -1
     if op.method == "chroot":
         os.chroot(op.root)
         os.chdir("/")

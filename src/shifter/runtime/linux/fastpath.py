@@ -456,6 +456,96 @@ def caller_environ() -> dict[str, str]:
     return {k.decode(enc, "surrogateescape"): v.decode(enc, "surrogateescape") for k, v in posix.environ.items()}
 
 
+# --- held trees (image holders, see shifter.runtime.linux.holder) ------------------------------
+
+class Held:
+    """An image holder whose namespaces hold a built tree for this request."""
+
+    __slots__ = ("mnt_fd", "mntns", "pid", "socket", "userns")
+
+    def __init__(self, pid: int, userns: int, mntns: int, socket: str) -> None:
+        self.pid, self.userns, self.mntns, self.socket = pid, userns, mntns, socket
+        self.mnt_fd = -1
+
+
+def index_name(request: list[object], config_path: str, mntns: int) -> str:
+    """``shifter.runtime.holder.index_name`` (a unit test holds the two together)."""
+    digest = 0xCBF29CE484222325
+    for byte in f"{request!r}\0{config_path}\0{mntns}".encode("utf-8", "surrogateescape"):
+        digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"fast-{digest:016x}.json"
+
+
+def runtime_dir(uid: int) -> str | None:
+    """``linux.holder.runtime_dir`` without creating it: the user's holder directory, or ``None``
+    unless it is a directory of ``uid``'s closed to others."""
+    try:
+        parent = posix.lstat(f"/run/user/{uid}")
+        login = (parent.st_mode & 0o170000) == 0o040000 and parent.st_uid == uid
+    except OSError:
+        login = False
+    path = f"/run/user/{uid}/shifter" if login else f"/dev/shm/shifter-{uid}"
+    try:
+        st = posix.lstat(path)
+    except OSError:
+        return None
+    if (st.st_mode & 0o170000) != 0o040000 or st.st_uid != uid or st.st_mode & 0o077:
+        return None
+    return path
+
+
+def read_held(environ: dict[str, str], req: Request, uid: int) -> "tuple[Record, list[int], str] | None":
+    """The index record of a held tree for this request (``linux.holder._publish_index``), the
+    configuration's identity and the holder directory; ``None`` when there is none to trust: the
+    file must be the user's own, closed to others, in the user's closed directory, and name the
+    configured ``udiMount``."""
+    config_path = environ.get("SHIFTER_CONFIG") or DEFAULT_CONFIG_PATH
+    loaded = _read_small(config_path)
+    directory = runtime_dir(uid)
+    if loaded is None or directory is None:
+        return None
+    try:
+        udi = config_udi_mount(loaded[0].decode("utf-8"))
+        mntns = posix.stat("/proc/self/ns/mnt").st_ino
+    except (UnicodeDecodeError, OSError):
+        return None
+    name = index_name(request_key(req.image, req.image_type, req.volumes, req.modules), config_path, mntns)
+    found = _read_small(f"{directory}/{name}")
+    if udi is None or found is None or found[1].st_uid != uid or found[1].st_mode & 0o077:
+        return None
+    record = _json_object(found[0])
+    if not isinstance(record, dict) or record.get("version") != 1 or record.get("udi_mount") != udi:
+        return None
+    return record, _identity(loaded[1]), directory
+
+
+def _held_entry(environ: dict[str, str], req: Request, ids: tuple[int, int]) -> int | None:
+    """``try_enter`` for a tree an image holder keeps: the same checks as for a prepared one."""
+    found = read_held(environ, req, ids[0])
+    if found is None:
+        return None
+    record, config_id, directory = found
+    try:
+        fast = record["fast"]
+        if fast["config"] != config_id or not files_unchanged(fast, ids[0]):
+            return None
+        values = [record["pid"], record["userns"], record["mntns"]]
+        key = record["key"]
+        if not all(type(v) is int and v > 0 for v in values) or not isinstance(key, str) or "/" in key:
+            return None
+        try:
+            cwd = posix.getcwd()
+        except OSError:
+            cwd = "/"
+        entry = decide(req, record, environ, ids, groups=posix.getgroups(), cwd=cwd)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
+    if entry is None:
+        return None
+    held = Held(values[0], values[1], values[2], f"{directory}/{key}.sock")
+    return enter(str(record["udi_mount"]), ids, entry, _warn, held=held)
+
+
 # --- the entry (system calls) --------------------------------------------------------------------
 
 class _Failed(Exception):
@@ -523,11 +613,12 @@ def _cap_last_cap() -> int:
         return 63
 
 
-def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], None]",
-          holder: "tuple[int, int] | None" = None) -> int | None:
+def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], None]", *,
+          holder: "tuple[int, int] | None" = None, held: "Held | None" = None) -> int | None:
     """Enter the prepared tree at ``root`` and exec.  Returns ``None`` (nothing changed: use the
     full path) if the namespaces cannot be created, an exit status after a later failure.
-    ``holder``: (pid, inode) of the user namespace to join (``linux.holder.join_user_namespace``)."""
+    ``holder``: (pid, inode) of the user namespace to join (``linux.holder.join_user_namespace``);
+    ``held``: an image holder whose namespaces hold the tree at ``root`` (see :func:`read_held`)."""
     capset = CAPSET_SYSCALL.get(posix.uname().machine)
     if capset is None:
         return None
@@ -540,13 +631,20 @@ def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], 
     # share memory as on the host), else both namespaces in one call: the mount namespace is owned by
     # the new user namespace, in which we hold every capability (and nothing outside it).  If this
     # fails nothing has changed.
-    joined = holder is not None and _join_user_namespace(libc, holder)
+    if held is not None:
+        joined = _join_held(libc, held)
+        if joined is None:
+            return None
+    else:
+        joined = holder is not None and _join_user_namespace(libc, holder)
     if not joined:
         try:
             _call(libc, "unshare", CLONE_NEWUSER | CLONE_NEWNS)
         except OSError:
             return None
     try:
+        if held is not None:
+            _call_failed(libc, "setns", held.mnt_fd, CLONE_NEWNS)
         _namespace(libc, ids, joined)
         _enter_root(root)
         _drop(libc, ids, last_cap, capset)
@@ -555,6 +653,59 @@ def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], 
     except _Failed as err:
         sys.stderr.write(f"shifter: error: {err.message}" + (f" (hint: {err.hint})" if err.hint else "") + "\n")
         return err.code
+
+
+def _call_failed(libc: "Libc", name: str, *args: object) -> None:
+    try:
+        _call(libc, name, *args)
+    except OSError as err:
+        raise _Failed(f"namespace: cannot join the image holder's namespaces: {err.strerror or err}") from None
+
+
+def _join_held(libc: "Libc", held: "Held") -> bool | None:
+    """``linux.holder``'s join for the fast path: register with the holder (it answers once it
+    watches us, so it cannot end under us), pin it with a pidfd, check its namespaces are the
+    recorded ones and the pid still names it, then join its user namespace (its mount namespace
+    next, by the caller).  ``None``: nothing changed (use the full path)."""
+    if not _register(held.socket):
+        return None
+    pidfd = libc["syscall"](PIDFD_OPEN_SYSCALL, held.pid, 0)
+    if pidfd < 0:
+        return None
+    fds: list[int] = []
+    try:
+        for name in ("user", "mnt"):
+            fds.append(posix.open(f"/proc/{held.pid}/ns/{name}", posix.O_RDONLY | posix.O_CLOEXEC))
+        if ([posix.fstat(fd).st_ino for fd in fds] != [held.userns, held.mntns]
+                or libc["syscall"](PIDFD_SEND_SIGNAL_SYSCALL, pidfd, 0, None, 0) != 0
+                or libc["setns"](fds[0], CLONE_NEWUSER) != 0):
+            return None
+        held.mnt_fd = posix.dup(fds[1])
+        return True
+    except OSError:
+        return None
+    finally:
+        for fd in fds:
+            posix.close(fd)
+        posix.close(pidfd)
+
+
+def _register(path: str) -> bool:
+    """``linux.holder._register``: connect, and wait (at most 5 s) for the holder's answer."""
+    try:
+        import _socket  # noqa: PLC0415  (built in C; only for a held tree)
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    except (ImportError, OSError):
+        return False
+    try:
+        sock.settimeout(5.0)
+        sock.connect(path)
+        return sock.recv(1) == b"k"
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 def _join_user_namespace(libc: "Libc", holder: "tuple[int, int]") -> bool:
@@ -704,10 +855,10 @@ def try_enter(argv: list[str]) -> int | None:
     if req is None:
         return None
     found = read_record(environ)
-    if found is None:
-        return None
-    record, config_id = found
     ids = (uids[0], gids[0])
+    if found is None:
+        return _held_entry(environ, req, ids)
+    record, config_id = found
     try:
         fast = record["fast"]
         loop = record["loop_mount"]
@@ -725,7 +876,7 @@ def try_enter(argv: list[str]) -> int | None:
         return None  # a record of another shape (another version wrote it): the full path decides
     if entry is None:
         return None
-    return enter(str(record["udi_mount"]), ids, entry, _warn, _holder(record.get("userns")))
+    return enter(str(record["udi_mount"]), ids, entry, _warn, holder=_holder(record.get("userns")))
 
 
 def _holder(value: object) -> "tuple[int, int] | None":

@@ -19,6 +19,10 @@ keeps the kernel loop mount of a site image, which serves every user alike):
   and copies M into a mount namespace of its own (``unshare``): the image is mounted already, on
   the same FUSE connection, with a warm page cache.  Concurrent launches (``mpiexec -n 2
   shifter ...``) serialise on the key's lock, so all of them end up in one U.
+* Unprivileged, the first launch builds its container's tree in M before forking the holder, and
+  publishes an index file (``fast-….json``: the request's ``prepared.fast_section`` and the
+  holder's identity) through which ``fastpath.try_enter`` enters that very tree for the same
+  request: register, verify, ``setns`` into U and M, copy M, ``chroot``, drop, exec.
 * The holder watches a pidfd of every launch registered with it (the first one included); once
   none is left it lingers ``imageMountLinger`` seconds, then (under the lock, with no launch
   waiting on its socket) removes its record, unmounts the image from M and exits.  squashfuse
@@ -70,6 +74,11 @@ class Pending:
     def __init__(self, directory: str, key: str, lock_fd: int, share: SharedImage, mntns: int) -> None:
         self.directory, self.key, self.lock_fd, self.share = directory, key, lock_fd, share
         self.mntns = mntns  # the launcher's mount namespace (part of the key)
+        # Hand over after the container's tree is built (it stays in the holder's namespace for
+        # the fast path), not right after the image mount; the fast path's index file, if any.
+        self.hold_tree = False
+        self.fast: dict[str, object] | None = None  # prepared.fast_section of the request
+        self.index = ""
 
     def path(self, suffix: str) -> str:
         return f"{self.directory}/{self.key}{suffix}"
@@ -253,9 +262,11 @@ def _join(user_fd: int, mnt_fd: int, user_ns: bool) -> None:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
 
-def hand_over(pending: Pending) -> None:
-    """The first launch, its image mounted in the namespaces it made: fork the holder into them,
-    publish its record, release the lock, and move on into a private copy of the mount namespace.
+def hand_over(pending: Pending, udi_mount: str = "") -> None:
+    """The first launch, its image mounted (and, with ``pending.hold_tree``, its container's tree
+    built at ``udi_mount``) in the namespaces it made: fork the holder into them, publish its
+    record (and, for a held tree, the index file through which the fast path enters it), release
+    the lock, and move on into a private copy of the mount namespace.
 
     If the image file changed since the key was made (squashfuse may have opened the new one),
     nothing is published and this launch keeps its mount to itself.
@@ -264,14 +275,36 @@ def hand_over(pending: Pending) -> None:
         same = names.holder_key(pending.share.image_id, os.stat(pending.share.source),
                                 pending.mntns) == pending.key
         if same:
-            _start_holder(pending)
+            fast = pending.fast if pending.hold_tree and udi_mount else None
+            request = fast.get("key") if fast is not None else None
+            if isinstance(request, list):
+                pending.index = names.index_name(request, _config_path(), pending.mntns)
+            holder_pid = _start_holder(pending)
+            if holder_pid > 0 and fast is not None and pending.index:
+                _publish_index(pending, holder_pid, fast, udi_mount)
     finally:
         pending.release()
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
 
-def _start_holder(pending: Pending) -> None:
+def _config_path() -> str:
+    from shifter.config.site import config_path  # noqa: PLC0415  (loaded already)
+
+    return config_path()
+
+
+def _publish_index(pending: Pending, holder_pid: int, fast: dict[str, object], udi_mount: str) -> None:
+    """``fast-….json``: what ``fastpath`` needs to enter the held tree (atomically written)."""
+    import json  # noqa: PLC0415  (first launches only)
+
+    record = {"version": 1, "key": pending.key, "pid": holder_pid,
+              "userns": os.stat("/proc/self/ns/user").st_ino, "mntns": os.stat("/proc/self/ns/mnt").st_ino,
+              "uid": os.getuid(), "gid": os.getgid(), "udi_mount": udi_mount, "fast": fast}
+    _write_atomic(f"{pending.directory}/{pending.index}", json.dumps(record).encode())
+
+
+def _start_holder(pending: Pending) -> int:
     sock_path = pending.path(names.SOCKET_SUFFIX)
     _unlink(sock_path)
     listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
@@ -281,7 +314,7 @@ def _start_holder(pending: Pending) -> None:
         me = sc.pidfd_open(os.getpid())
     except OSError:
         listener.close()
-        return
+        return 0
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
@@ -296,17 +329,21 @@ def _start_holder(pending: Pending) -> None:
         listener.close()
     if holder_pid > 0:
         _publish(pending, holder_pid)
+    return holder_pid
 
 
 def _publish(pending: Pending, holder_pid: int) -> None:
     """Write the record atomically (a joiner never reads half of one)."""
     userns = os.stat("/proc/self/ns/user").st_ino  # the holder's: it was forked in these
     mntns = os.stat("/proc/self/ns/mnt").st_ino
-    path = pending.path(names.RECORD_SUFFIX)
+    _write_atomic(pending.path(names.RECORD_SUFFIX), names.encode_record(holder_pid, userns, mntns))
+
+
+def _write_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, names.encode_record(holder_pid, userns, mntns))
+        os.write(fd, data)
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -415,6 +452,8 @@ def _try_end(pending: Pending, listen_fd: int) -> bool:
         record = _read_record(pending.path(names.RECORD_SUFFIX), os.getuid())
         if record is not None and record[0] == os.getpid():
             _forget(pending)
+        if pending.index:
+            _forget_index(f"{pending.directory}/{pending.index}")
         try:
             sc.umount2(pending.share.mountpoint, sc.MNT_DETACH)
         except OSError:
@@ -422,6 +461,20 @@ def _try_end(pending: Pending, listen_fd: int) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def _forget_index(path: str) -> None:
+    """Remove the fast path's index file if it still names this holder (a later holder of the
+    same request may have replaced it)."""
+    import json  # noqa: PLC0415  (the holder only, at its end)
+
+    try:
+        with open(path, "rb") as handle:
+            record = json.loads(handle.read(1 << 20))
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and record.get("pid") == os.getpid():
+        _unlink(path)
 
 
 def _lock_now(path: str) -> int:
@@ -450,6 +503,8 @@ def teardown(uid: int) -> int:
         except OSError:
             continue
         for entry in entries:
+            if entry.startswith("fast-") and entry.endswith(".json"):
+                _unlink(f"{directory}/{entry}")  # every holder of the user goes
             if entry.endswith(names.RECORD_SUFFIX):
                 key = entry[: -len(names.RECORD_SUFFIX)]
                 killed += _kill_holder(f"{directory}/{key}", uid)
