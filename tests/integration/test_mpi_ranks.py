@@ -24,7 +24,8 @@ import pytest
 from tests.fixtures import mpi_image
 from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_USER, ensure_user
 
-pytestmark = pytest.mark.integration
+# The first session builds the image (debootstrap, 1-3 minutes; cached under /var/cache after).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 IMAGE_ID = "7" * 64
 BIN = Path(SHIFTER).parent
