@@ -492,3 +492,25 @@ def test_prepared_container_with_user_store_image_and_cache_leaves_nothing(site:
                               check=False)
     assert down.returncode == 0, down.stderr
     assert _wait_gone(lambda: _leftovers(site)) == []
+
+
+@MODES
+def test_missing_workdir_is_said_on_stderr(site: Site, runner: Runner) -> None:
+    """``--workdir=/nonexistent`` runs in ``/`` (as NERSC Shifter does), and says so on stderr."""
+    res = runner(site, "--workdir=/nonexistent", "sh", "-c", "pwd")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "/"
+    assert "shifter: warning: working directory /nonexistent does not exist in the container; using /" \
+        in res.stderr
+
+
+def test_missing_loop_mount_is_named_not_blamed_on_fuse(site: Site) -> None:
+    """Unprivileged ``shifter`` with the configured loopMount missing says which directory is
+    missing, instead of "squashfuse and a usable /dev/fuse are needed"."""
+    config = site.root / "udiRoot-noloop.conf"
+    _write_config(config, site.root)
+    missing = site.root / "no-such-loop"
+    config.write_text(config.read_text().replace(f"loopMount={site.root / 'loop'}", f"loopMount={missing}"))
+    res = run_user(site, "true", config=config)
+    assert res.returncode == 16, res.stderr
+    assert f"loopMount {missing} does not exist" in res.stderr and "squashfuse" not in res.stderr.split("hint")[-1]

@@ -167,3 +167,11 @@ def test_setup_tree_elsewhere_is_accepted(text: str) -> None:
 
 def test_system_bind_sources_are_the_plans() -> None:
     assert tuple(bind[0] for bind in SYSTEM_BINDS) == SYSTEM_BIND_SOURCES
+
+
+def test_registry_timeout_is_connect_idle_total_seconds() -> None:
+    assert SiteConfig().registry_timeout == (10, 30, 3600)
+    assert parse_config("registryTimeout=5, 20 ,600\n").registry_timeout == (5, 20, 600)
+    for bad in ("5,20", "0,1,2", "a,b,c", "1,2,3,4", "-1,2,3"):
+        with pytest.raises(ConfigError, match="registryTimeout"):
+            parse_config(f"registryTimeout={bad}\n")

@@ -265,11 +265,13 @@ def _stop_fuse(config: SiteConfig, record: dict[str, Any] | None) -> None:
 
 
 def _run(prog: str, func: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
-    try:
-        return func(sys.argv[1:] if argv is None else argv)
-    except ShifterError as err:
-        sys.stderr.write(f"{prog}: error: {err.render()}\n")
-        return err.exit_code
+    """Run one command; any exception becomes one line and an exit code (``cli.boundary``)."""
+    from shifter.cli.boundary import guard, print_version, wants_verbose  # noqa: PLC0415
+
+    args = sys.argv[1:] if argv is None else argv
+    if list(args) == ["--version"]:
+        return print_version(prog)
+    return guard(prog, lambda: func(args), verbose=wants_verbose(args))
 
 
 def setup_main(argv: Sequence[str] | None = None) -> int:

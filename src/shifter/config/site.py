@@ -100,6 +100,9 @@ class SiteConfig(Record):
     max_image_size: int = 64 * 1024**3
     max_image_entries: int = 5_000_000
     download_concurrency: int = 4
+    # registryTimeout: seconds to connect, to wait for the next byte (idle read), and for one
+    # whole blob (total, retries included): a hung or trickling registry fails in bounded time.
+    registry_timeout: tuple[int, int, int] = (10, 30, 3600)
     registry_mirrors: tuple[tuple[str, str], ...] = ()  # (registry host, mirror base URL)
     insecure_registries: tuple[str, ...] = ()
     platform: str = ""  # default: the host's os/arch[/variant]
@@ -193,6 +196,15 @@ def _module_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+def _timeouts(key: str, value: str) -> tuple[int, int, int]:
+    """``CONNECT,IDLE,TOTAL`` seconds (``registryTimeout``), each at least 1."""
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"{key}={value!r} is not CONNECT,IDLE,TOTAL seconds",
+                          hint="write e.g. registryTimeout=10,30,3600 (whole seconds, each at least 1)")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 def _abs_path(key: str, value: str) -> str:
     if not value.startswith("/"):
         raise ConfigError(f"{key}={value!r} must be an absolute path")
@@ -236,6 +248,7 @@ _KEYS: dict[str, tuple[str, object]] = {
     "maxImageSize": ("max_image_size", parse_size),
     "maxImageEntries": ("max_image_entries", _int),
     "downloadConcurrency": ("download_concurrency", _int),
+    "registryTimeout": ("registry_timeout", _timeouts),
     "insecureRegistries": ("insecure_registries", lambda _k, v: _split(v, None)),
     "platform": ("platform", _STR),
     "gatewayAdmins": ("gateway_admins", lambda _k, v: _split(v, None)),
@@ -448,6 +461,9 @@ def config_path(environ: dict[str, str] | None = None) -> str:
     return env.get("SHIFTER_CONFIG") or DEFAULT_CONFIG_PATH
 
 
+_FILE_HINT = "SHIFTER_CONFIG (default /etc/shifter/udiRoot.conf) must name a readable udiRoot.conf file"
+
+
 def load_config(path: str | None = None, *, privileged: bool | None = None) -> SiteConfig:
     """Load the site configuration once.
 
@@ -477,14 +493,21 @@ def load_config(path: str | None = None, *, privileged: bool | None = None) -> S
         if err.errno == errno.ELOOP:
             raise ConfigError(f"site configuration {path} is a symbolic link",
                               hint="name the file itself; symbolic links are not followed") from None
-        raise ConfigError(f"cannot open site configuration {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot open site configuration {path}: {err.strerror}", hint=_FILE_HINT) from None
     try:
         st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"site configuration {path} is a directory",
+                              hint="point SHIFTER_CONFIG at a udiRoot.conf file")
         if privileged:
             check_file_trust(path, st)
         elif not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"site configuration {path} is not a regular file")
-        data = _read_at_most(fd, MAX_CONFIG_BYTES + 1)
+            raise ConfigError(f"site configuration {path} is not a regular file", hint=_FILE_HINT)
+        try:
+            data = _read_at_most(fd, MAX_CONFIG_BYTES + 1)
+        except OSError as err:  # e.g. /proc/self/mem: EIO
+            raise ConfigError(f"cannot read site configuration {path}: {err.strerror or err}",
+                              hint=_FILE_HINT) from None
     finally:
         os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:

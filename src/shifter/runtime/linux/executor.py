@@ -184,12 +184,32 @@ def _describe(op: p.Op) -> str:
 def _hint(op: p.Op, err: OSError) -> str:
     if isinstance(op, p.EnterNamespaces) and op.user_ns:
         return "unprivileged user namespaces may be disabled (sysctl user.max_user_namespaces)"
+    missing = _missing_mountpoint(op)
+    if missing:  # before the squashfuse hint: a missing directory is not a FUSE problem
+        return f"{missing} does not exist: the site admin must create it (see udiRoot.conf)"
     if isinstance(op, p.MountImage) and op.method == "squashfuse":
         return "squashfuse and a usable /dev/fuse (mode 0666) are needed to run unprivileged"
     if isinstance(op, p.MountRootTmpfs | p.MountImage) and err.errno == errno.ENOENT:
         return "the site's udiMount/loopMount directories must exist (see udiRoot.conf)"
     if isinstance(op, p.MountRootTmpfs) and err.errno == errno.EOPNOTSUPP:
         return "a prepared container needs a kernel whose tmpfs has POSIX ACLs (CONFIG_TMPFS_POSIX_ACL)"
+    return ""
+
+
+def _missing_mountpoint(op: p.Op) -> str:
+    """``loopMount /path`` or ``udiMount /path`` when that configured directory is missing."""
+    if isinstance(op, p.MountImage):
+        key, path = "loopMount", op.mountpoint
+    elif isinstance(op, p.MountRootTmpfs):
+        key, path = "udiMount", op.root
+    else:
+        return ""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"{key} {path}"
+    except OSError:
+        return ""
     return ""
 
 
