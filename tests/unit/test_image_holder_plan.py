@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from shifter.runtime import holder
 from shifter.runtime import plan as p
 from shifter.runtime.linux import fastpath
+from shifter.runtime.linux import holder as linux_holder
 from shifter.runtime.spec import ImageInfo, VolumeSpec
 from tests.unit.test_plan_build import CONFIG, IMAGE, make_spec, ops_of
 
@@ -86,3 +88,9 @@ def test_fast_paths_index_name_is_the_holders() -> None:
                                  (["x", "docker", ["/a:/b:ro"], "mpich"], "/srv/é.conf", 1)):
         assert fastpath.index_name(request, path, mntns) == holder.index_name(request, path, mntns)
     assert holder.index_name(["a"], "/c", 1) != holder.index_name(["a"], "/c", 2)
+
+
+def test_index_record_encoder_is_json() -> None:
+    value = {"version": 1, "key": "k-é\n\"", "fast": {"env": [["A", "1"]], "acl": None, "ok": True, "n": -3},
+             "list": [], "t": (1, 2)}
+    assert json.loads(linux_holder._dumps(value)) == json.loads(json.dumps(value))

@@ -296,12 +296,28 @@ def _config_path() -> str:
 
 def _publish_index(pending: Pending, holder_pid: int, fast: dict[str, object], udi_mount: str) -> None:
     """``fast-….json``: what ``fastpath`` needs to enter the held tree (atomically written)."""
-    import json  # noqa: PLC0415  (first launches only)
-
     record = {"version": 1, "key": pending.key, "pid": holder_pid,
               "userns": os.stat("/proc/self/ns/user").st_ino, "mntns": os.stat("/proc/self/ns/mnt").st_ino,
               "uid": os.getuid(), "gid": os.getgid(), "udi_mount": udi_mount, "fast": fast}
-    _write_atomic(f"{pending.directory}/{pending.index}", json.dumps(record).encode())
+    _write_atomic(f"{pending.directory}/{pending.index}", _dumps(record).encode())
+
+
+def _dumps(value: object) -> str:
+    """``json.dumps`` for the index record (plain values only) without importing ``json`` (and
+    ``re``, several ms on a launch): strings through the C encoder ``json`` itself uses."""
+    import _json  # noqa: PLC0415  (built in C)
+
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return str(_json.encode_basestring_ascii(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_dumps(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_dumps(str(k))}: {_dumps(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot encode {type(value).__name__} in a holder index")
 
 
 def _start_holder(pending: Pending) -> int:
@@ -466,11 +482,11 @@ def _try_end(pending: Pending, listen_fd: int) -> bool:
 def _forget_index(path: str) -> None:
     """Remove the fast path's index file if it still names this holder (a later holder of the
     same request may have replaced it)."""
-    import json  # noqa: PLC0415  (the holder only, at its end)
+    from shifter._fastjson import loads  # noqa: PLC0415  (the holder only, at its end)
 
     try:
         with open(path, "rb") as handle:
-            record = json.loads(handle.read(1 << 20))
+            record = loads(handle.read(1 << 20))
     except (OSError, ValueError):
         return
     if isinstance(record, dict) and record.get("pid") == os.getpid():
