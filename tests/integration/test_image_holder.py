@@ -443,3 +443,11 @@ def test_repull_while_roots_holder_lives_serves_the_new_image(site: Site) -> Non
     res = run_root(site, "cat", "/app/version")
     assert res.stdout.strip() == "v2", res.stderr
     assert image_device(site) != old
+
+
+@needs_tools
+def test_writable_tmpfs_launch_joins_for_the_image_but_keeps_no_tree(site: Site) -> None:
+    assert run_user(site, "true").returncode == 0  # a holder with a tree for the plain request
+    res = run_user(site, "--writable-tmpfs", "sh", "-c", "grep -c ' overlay ' /proc/self/mountinfo")
+    assert res.returncode == 0 and int(res.stdout) >= 1, res.stdout + res.stderr
+    assert len(holders()) == 1  # joined the same holder (for the image only)

@@ -94,3 +94,10 @@ def test_index_record_encoder_is_json() -> None:
     value = {"version": 1, "key": "k-é\n\"", "fast": {"env": [["A", "1"]], "acl": None, "ok": True, "n": -3},
              "list": [], "t": (1, 2)}
     assert json.loads(linux_holder._dumps(value)) == json.loads(json.dumps(value))
+
+
+def test_trees_with_per_container_state_are_never_held() -> None:
+    assert p.tree_can_be_held(make_spec(), CONFIG)
+    assert not p.tree_can_be_held(make_spec(writable_tmpfs=True), CONFIG)
+    cache = VolumeSpec("/x", "/cache", per_node_cache="size=16M")
+    assert not p.tree_can_be_held(make_spec(volumes=(cache,)), CONFIG)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from shifter.config.site import SiteConfig, check_mount_dirs
 from shifter.errors import ContainerError
 from shifter.runtime import etc, prepared
-from shifter.runtime.plan import Plan, build_plan, container_groups, prepared_entry_plan
+from shifter.runtime.plan import Plan, build_plan, container_groups, prepared_entry_plan, tree_can_be_held
 from shifter.runtime.spec import ContainerSpec
 
 TYPE_CHECKING = False  # typing, collections: not on the launch path
@@ -54,8 +54,10 @@ def launch(spec: ContainerSpec, config: SiteConfig, warn: Warn,
     from shifter.runtime.linux import executor  # noqa: PLC0415  (ctypes; only when really launching)
 
     validate(spec, config)
+    for message in spec.warnings:
+        warn(message)
     plan = make_plan(spec, config)
-    executor.run(plan, warn, fast=fast if not any(v.per_node_cache for v in spec.volumes) else None)
+    executor.run(plan, warn, fast=fast if tree_can_be_held(spec, config) else None)
     raise ContainerError("internal error: the plan ended without running the command")
 
 
