@@ -9,16 +9,27 @@ then times with hyperfine (``-N``, no shell), all in one run:
   anything run as the unprivileged user);
 * ``python -I -S`` starting and exec'ing ``/bin/true`` as that user: the floor of any Python
   launcher (shifter's own work is the prepared row minus this one);
-* shifter privileged (root, ``--user``: kernel loop mount);
-* shifter unprivileged (user namespace + squashfuse), run through runuser;
+* shifter privileged (root, ``--user``: kernel loop mount), **cold** (``shifter-teardown
+  --user=root`` before every run: a fresh loop device and mount) and **warm** (joining root's
+  image holder);
+* shifter unprivileged **cold** (user namespace + a fresh squashfuse: every run is preceded by
+  ``shifter-teardown --user``, so nothing is held) and **warm** (``imageMountLinger=600``: the
+  run joins the image holder the warm-up left, see docs/runtime.md "Image holders"), through
+  runuser;
 * shifter entering a prepared container (after ``shifter-setup``), through runuser;
 * Charliecloud's ``ch-run`` on the same squashfs, through runuser;
-* ``podman run`` if podman is installed (skipped with a note otherwise).
+* ``podman run`` if podman is installed (busybox only; skipped with a note otherwise).
+
+Every row uses the same zstd squashfs (``-Xcompression-level 3``, what a real pull writes): a
+busybox image (``--image=busybox``, the default) or a real Debian image with python3, numpy and
+MPICH (``--image=debian``; debootstrap, built once and cached under /var/cache, see
+``tests/fixtures/mpi_image.py``), or both.
 
 ``shifter`` is the command users run: the one on ``PATH`` (``/usr/local/bin/shifter``, the
 launcher scripts/install.sh writes), else the venv's.  Prints each command's min and median,
 the median minus its floor, and the ratios of the medians to ``/bin/true`` and to ``ch-run``.
-Targets (issue 3): privileged <= 25 ms, unprivileged <= 30 ms, prepared <= 10 ms (medians).
+Targets, as ratios to ``ch-run``: warm unprivileged <= 0.5x, prepared <= 0.6x, root warm <= 0.6x,
+cold unprivileged <= 1.5x, cold root <= 1.0x.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.fixtures import mpi_image
 from tests.fixtures.runtime import (
     TEST_UID,
     TEST_USER,
@@ -43,7 +55,7 @@ from tests.fixtures.runtime import ensure_user as _ensure_user
 from tests.fixtures.runtime import publish as _publish
 
 VENV_BIN = Path("/opt/shifter/venv/bin")
-AS_USER = ("python -IS exec", "shifter unprivileged", "shifter prepared", "ch-run")
+AS_USER = ("python -IS exec", "shifter unpriv cold", "shifter unpriv warm", "shifter prepared", "ch-run")
 PYTHON_FLOOR = "import posix; posix.execv('/bin/true', ['/bin/true'])"
 
 
@@ -51,6 +63,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50, help="timed runs per command (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    parser.add_argument("--image", choices=("busybox", "debian", "both"), default="busybox",
+                        help="the image every row runs (default busybox)")
+    parser.add_argument("--venv", type=Path, default=VENV_BIN,
+                        help=f"bin directory of the shifter installation (default {VENV_BIN})")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (it creates a test user and kernel loop mounts)")
@@ -60,16 +76,24 @@ def main() -> int:
         return 2
     _ensure_user()
     os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-bench-", dir="/var/lib"))
-    try:
-        return run(base, args.runs, args.warmup)
-    finally:
-        subprocess.run([str(VENV_BIN / "shifter-teardown")], env=env_for(base), check=False)
-        shutil.rmtree(base, ignore_errors=True)
+    status = 0
+    for image in ("busybox", "debian") if args.image == "both" else (args.image,):
+        base = Path(tempfile.mkdtemp(prefix="shifter-bench-", dir="/var/lib"))
+        try:
+            print(f"== {image}")
+            status |= run(base, args.runs, args.warmup, image, args.venv)
+        finally:
+            subprocess.run([str(args.venv / "shifter-teardown")], env=env_for(base), check=False)
+            subprocess.run([str(args.venv / "shifter-teardown"), f"--user={TEST_USER}"], env=env_for(base),
+                           check=False)
+            shutil.rmtree(base, ignore_errors=True)
+    return status
 
 
-def shifter_command() -> str:
-    """The ``shifter`` a user gets: on PATH (as installed), else the venv's."""
+def shifter_command(venv: Path = VENV_BIN) -> str:
+    """The ``shifter`` a user gets: on PATH (as installed), else the venv's (``--venv``: that one)."""
+    if venv != VENV_BIN:
+        return str(venv / "shifter")
     return shutil.which("shifter", path="/usr/local/bin:/usr/bin:/bin") or str(VENV_BIN / "shifter")
 
 
@@ -78,41 +102,53 @@ def env_for(base: Path) -> dict[str, str]:
             "HOME": "/tmp", "USER": TEST_USER, "LANG": "C"}
 
 
-def run(base: Path, runs: int, warmup: int) -> int:
+def run(base: Path, runs: int, warmup: int, image: str, venv: Path) -> int:
     store, udi, loop, rootfs = base / "store", base / "udi", base / "loop", base / "rootfs"
     for path in (store / "tags/docker", udi, loop):
         path.mkdir(parents=True)
-    _build_rootfs(rootfs)
     image_id = "b" * 64
-    _publish(store, rootfs, "docker.io/library/busybox:bench", image_id)
-    (base / "udiRoot.conf").write_text(f"imagePath={store}\nudiMount={udi}\nloopMount={loop}\nautoPull=0\n"
-                                       "userImagePath=\n")
+    if image == "busybox":
+        _build_rootfs(rootfs)
+        _publish(store, rootfs, "docker.io/library/busybox:bench", image_id,
+                 comp=("zstd", "-Xcompression-level", "3"))
+    else:
+        mpi_image.publish_cached(store, "docker.io/library/busybox:bench", image_id)
+    site = f"imagePath={store}\nudiMount={udi}\nloopMount={loop}\nautoPull=0\nuserImagePath=\n"
+    # Warm rows join the holder the warm-up left; cold rows tear it down before every run.
+    (base / "udiRoot.conf").write_text(site + "imageMountLinger=600\n")
     subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
     env = env_for(base)
     sqfs = store / f"{image_id}.squashfs"
-    shifter = f"{shifter_command()} --image=busybox:bench /bin/true"
+    shifter = f"{shifter_command(venv)} --image=busybox:bench /bin/true"
     as_user = f"runuser -u {TEST_USER} --"
     commands = {
         "true": "/bin/true",
         "runuser true": f"{as_user} /bin/true",
-        "python -IS exec": f'{as_user} {VENV_BIN / "python3"} -I -S -c "{PYTHON_FLOOR}"',
-        "shifter privileged": f"{shifter_command()} --user={TEST_USER} --image=busybox:bench /bin/true",
-        "shifter unprivileged": f"{as_user} {shifter}",
+        "python -IS exec": f'{as_user} {venv / "python3"} -I -S -c "{PYTHON_FLOOR}"',
+        "shifter root warm": f"{shifter_command(venv)} --user={TEST_USER} --image=busybox:bench /bin/true",
+        "shifter unpriv warm": f"{as_user} {shifter}",
         "ch-run": f"{as_user} ch-run {sqfs} -- /bin/true",
     }
-    notes = [f"shifter is {shifter_command()}"]
+    notes = [f"shifter is {shifter_command(venv)}; image {image}"]
     if not shutil.which("ch-run"):
         del commands["ch-run"]
         notes.append("ch-run not installed: skipped")
-    if shutil.which("podman") and _podman_image(rootfs):
+    if image == "busybox" and shutil.which("podman") and _podman_image(rootfs):
         # Rootful podman with the flags MACHINE-NOTES found to work here (no systemd, cgroups v1).
         commands["podman"] = ("podman --cgroup-manager=cgroupfs run --rm --runtime runc --network=none "
                               "--ulimit nofile=1024:1024 --ulimit nproc=4096:4096 "
                               f"{PODMAN_IMAGE} /bin/true")
     else:
-        notes.append("podman (with runc) is not installed or could not import the image: skipped")
+        notes.append("podman (with runc) not installed, could not import the image, or not the busybox run: "
+                     "skipped")
     times = hyperfine(commands, env, base / "first.json", runs, warmup)
-    setup = subprocess.run([str(VENV_BIN / "shifter-setup"), "--image=busybox:bench", f"--user={TEST_USER}"],
+    # Cold: nothing held before each run (the teardown runs untimed).
+    teardown = f"{venv / 'shifter-teardown'} --user={TEST_USER}"
+    times.update(hyperfine({"shifter unpriv cold": f"{as_user} {shifter}"}, env, base / "cold.json", runs,
+                           warmup, prepare=teardown))
+    times.update(hyperfine({"shifter root cold": commands["shifter root warm"]}, env, base / "rootcold.json", runs,
+                           warmup, prepare=f"{venv / 'shifter-teardown'} --user=root"))
+    setup = subprocess.run([str(venv / "shifter-setup"), "--image=busybox:bench", f"--user={TEST_USER}"],
                            env=env, capture_output=True, text=True, check=False)
     if setup.returncode == 0:
         times.update(hyperfine({"shifter prepared": f"{as_user} {shifter}"}, env, base / "prep.json", runs, warmup))
@@ -135,10 +171,12 @@ def _podman_image(rootfs: Path) -> bool:
 
 
 def hyperfine(commands: dict[str, str], env: dict[str, str], out: Path, runs: int,
-              warmup: int) -> dict[str, tuple[float, float]]:
-    """``name -> (min ms, median ms)``."""
+              warmup: int, prepare: str = "") -> dict[str, tuple[float, float]]:
+    """``name -> (min ms, median ms)``; ``prepare`` runs (untimed) before every run."""
     args = ["hyperfine", "-N", "--warmup", str(warmup), "--runs", str(runs), "--export-json", str(out),
             "--style", "basic"]
+    if prepare:
+        args += ["--prepare", prepare]
     for name, cmd in commands.items():
         args += ["-n", name, cmd]
     subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=None)

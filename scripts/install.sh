@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Shifter and everything it needs on Debian 12 (run as root).
 #   - Debian packages: squashfs tools, squashfuse/FUSE, the registry and image tools used by tests
-#     and benchmarks, munge.
+#     and benchmarks, munge, MPICH (mpiexec) and debootstrap for the MPI tests.
 #   - a virtual environment made from the *system* /usr/bin/python3 at $SHIFTER_PREFIX (default
 #     /opt/shifter), so ordinary users can run `shifter` and `shifterimg`.
 #   - links to the commands in $SHIFTER_BIN_DIR (default /usr/local/bin).
@@ -15,7 +15,7 @@ if [ "${SHIFTER_SKIP_APT:-0}" != 1 ]; then
     python3 python3-venv python3-pip squashfs-tools squashfs-tools-ng squashfuse fuse3 util-linux \
     docker-registry skopeo umoci apache2-utils busybox-static zstd hyperfine charliecloud-runtime \
     munge xfsprogs podman runc ca-certificates postgresql mpich libmpich-dev gcc libc6-dev slurm-wlm \
-    libslurm-dev python3-fusepy >/dev/null
+    libslurm-dev python3-fusepy debootstrap >/dev/null
 fi
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
   mkdir -p "$PREFIX"

@@ -40,9 +40,11 @@ then enters it without privilege.  Remove it with shifter-teardown.
 """
 TEARDOWN_USAGE = """\
 Usage: shifter-teardown
+       shifter-teardown --user=NAME
 
 (root only) Remove the container shifter-setup prepared: every mount at udiMount and loopMount,
-then its record.
+then its record.  With --user: end every image holder of that user on this node instead (the
+shared image mounts of its unprivileged launches; running containers keep their own copies).
 """
 
 
@@ -148,11 +150,27 @@ def prepare(opts: ShifterOptions, config: SiteConfig, config_state: list[int] | 
     ctx = _build_tree(config.udi_mount, config.loop_mount, Plan(tuple(ops), user_ids(spec, config)))
     fast = prepared.fast_section(opts, spec, config, config_state, pinned=pinned)
     record = prepared.make_record(spec, config, fast=fast)
+    if spec.identity.uid != 0:
+        record["userns"] = _namespace_holder(spec.identity.uid, spec.identity.gid, config)
     if ctx.fuse_connection >= 0:
         # squashfuse serves the tree as the user: shifter-teardown aborts this connection and
         # stops the daemon, whatever state the user left it in.
         record["fuse"] = {"connection": ctx.fuse_connection, "daemons": [list(d) for d in ctx.fuse_daemons]}
     prepared.write_record(config, record)
+
+
+def _namespace_holder(uid: int, gid: int, config: SiteConfig) -> list[int]:
+    """Every entry of the user joins one user namespace (``linux.holder``): the tasks of a job
+    on this node share memory (``/proc/PID/fd``, CMA) as they would on the host."""
+    from shifter.runtime.linux import holder  # noqa: PLC0415
+
+    try:
+        return list(holder.start_namespace_holder(uid, gid))
+    except OSError as err:
+        teardown_paths(config.udi_mount, config.loop_mount)
+        raise ContainerError(f"cannot start the prepared container's namespace holder: {err.strerror}",
+                             hint="unprivileged user namespaces may be disabled "
+                                  "(sysctl user.max_user_namespaces)") from None
 
 
 def _image_dir(loop_mount: str) -> str:
@@ -205,13 +223,39 @@ def teardown(argv: Sequence[str]) -> int:
         sys.stdout.write(TEARDOWN_USAGE)
         return 0
     _require_root("shifter-teardown")
+    if len(argv) == 1 and argv[0].startswith("--user="):
+        return teardown_holders(argv[0][len("--user="):])
     if argv:
         raise UsageError(f"unexpected arguments: {' '.join(argv)}",
-                         hint="shifter-teardown takes no arguments")
+                         hint="shifter-teardown takes no arguments, or --user=NAME")
     config = load_config(privileged=True)
-    _stop_fuse(config, prepared.read_record(config))
+    release_container(config, prepared.read_record(config))
     teardown_paths(config.udi_mount, config.loop_mount)
     prepared.remove_record(config)
+    return 0
+
+
+def release_container(config: SiteConfig, record: dict[str, Any] | None) -> None:
+    """End what a prepared container holds besides its mounts: the user namespace holder its
+    entries join and, for an image of the user's own store, the squashfuse daemon."""
+    if record is not None and isinstance(record.get("userns"), list) and len(record["userns"]) == 2:
+        from shifter.runtime.linux import holder  # noqa: PLC0415
+
+        holder.end_namespace_holder(int(record["userns"][0]), int(record["userns"][1]))
+    _stop_fuse(config, record)
+
+
+def teardown_holders(user: str) -> int:
+    """End the image holders of ``user`` (a name or a uid) on this node."""
+    import pwd  # noqa: PLC0415
+
+    from shifter.runtime.linux import holder  # noqa: PLC0415
+
+    try:
+        uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else int(user)
+    except KeyError:
+        raise UsageError(f"no such user: {user!r}", hint="give a user name or a uid") from None
+    holder.teardown(uid)
     return 0
 
 

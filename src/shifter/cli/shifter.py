@@ -192,6 +192,7 @@ def run(argv: "Sequence[str]") -> int:
 
         return print_version(PROG)
     privileged = check_not_setuid()
+    config_state = None if privileged else _config_state()  # before the configuration is read
     config = load_config(privileged=privileged)
     caller, cwd = caller_identity(), current_dir()
     try:
@@ -201,7 +202,25 @@ def run(argv: "Sequence[str]") -> int:
             raise
         pull(err.request, privileged, err.identity, config.auto_pull_timeout or None)
         spec = spec_from_options(opts, os.environ, config, caller, cwd)  # type: ignore[arg-type]
-    launch(spec, config, warn)
+
+    def fast() -> "dict[str, object] | None":
+        """The fast path's section of this request (a first launch's holder keeps its tree)."""
+        from shifter.runtime.prepared import fast_section  # noqa: PLC0415
+
+        return fast_section(opts, spec, config, config_state)
+
+    launch(spec, config, warn, fast=None if privileged else fast)
+
+
+def _config_state() -> "list[int] | None":
+    """``fastpath.file_state`` of the configuration file, ``None`` if it cannot be taken."""
+    from shifter.config.site import config_path  # noqa: PLC0415
+    from shifter.runtime.linux import fastpath  # noqa: PLC0415
+
+    try:
+        return fastpath.file_state(config_path())
+    except OSError:
+        return None
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:

@@ -190,7 +190,7 @@ def _write_outcome(path: str, outcome: dict[str, object]) -> None:
 # ------------------------------------------------------------------------------------------ epilog
 def epilog(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     """Remove the job's container on this node: every mount, the record, the directories."""
-    from shifter.cli.setup import _stop_fuse, teardown_paths  # noqa: PLC0415
+    from shifter.cli.setup import release_container, teardown_paths  # noqa: PLC0415
     from shifter.runtime import prepared  # noqa: PLC0415
     from shifter.wlm.slurm.job import job_from_env  # noqa: PLC0415
 
@@ -200,7 +200,7 @@ def epilog(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     base, config = _job_config(environ)
     if not os.path.isdir(base):
         return 0
-    _stop_fuse(config, prepared.read_record(config))  # an image of the user's own store: squashfuse
+    release_container(config, prepared.read_record(config))  # namespace holder, a user-store image's squashfuse
     teardown_paths(config.udi_mount, config.loop_mount)
     prepared.remove_record(config)
     for name in (PREPARE_FILE,):

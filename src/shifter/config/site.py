@@ -77,6 +77,8 @@ class SiteConfig(Record):
     modules: tuple[ModuleConfig, ...] = ()
     auto_pull: bool = True
     auto_pull_timeout: int = 3600  # seconds `shifter` waits for an automatic pull (0: no limit)
+    # seconds an unprivileged image mount outlives its last container (0: none)
+    image_mount_linger: int = 0
     # perNodeCache volumes (privileged mode): node-local directory for the sparse backing
     # files, and the largest size a user may ask for (0: no limit).
     per_node_cache_path: str = "/var/tmp"
@@ -246,6 +248,7 @@ _KEYS: dict[str, tuple[str, object]] = {
     "defaultModules": ("default_modules", lambda _k, v: _split(v, ",")),
     "autoPull": ("auto_pull", _bool),
     "autoPullTimeout": ("auto_pull_timeout", _int),
+    "imageMountLinger": ("image_mount_linger", _int),
     "perNodeCachePath": ("per_node_cache_path", _abs_path),
     "perNodeCacheSizeLimit": ("per_node_cache_size_limit", parse_size),
     "unprivilegedRoothook": ("unprivileged_roothook", lambda k, v: _choice(k, v, ("skip", "refuse"))),

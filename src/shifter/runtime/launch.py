@@ -12,7 +12,7 @@ from __future__ import annotations
 from shifter.config.site import SiteConfig, check_mount_dirs
 from shifter.errors import ContainerError
 from shifter.runtime import etc, prepared
-from shifter.runtime.plan import Plan, build_plan, container_groups, prepared_entry_plan
+from shifter.runtime.plan import Plan, build_plan, container_groups, prepared_entry_plan, tree_can_be_held
 from shifter.runtime.spec import ContainerSpec
 
 TYPE_CHECKING = False  # typing, collections: not on the launch path
@@ -36,26 +36,33 @@ def validate(spec: ContainerSpec, config: SiteConfig) -> None:
 
 def make_plan(spec: ContainerSpec, config: SiteConfig) -> Plan:
     """A prepared container's entry plan if one matches (the Slurm job's on this node first, see
-    ``prepared.job_mounts``), else a private container's plan."""
+    ``prepared.job_mounts``), else a private container's plan.  Entering, a launch joins the
+    prepared container's user namespace holder (``userns`` in its record) while it lives."""
     import os  # noqa: PLC0415  (loaded already by prepared)
 
-    serving = prepared.serving_config(spec, config, os.environ)
-    if serving is not None:
-        return prepared_entry_plan(spec, serving)
+    found = prepared.serving_record(spec, config, os.environ)
+    if found is not None:
+        serving, record = found
+        userns = record.get("userns")
+        join = tuple(userns) if isinstance(userns, list) and all(type(v) is int for v in userns) else ()
+        return prepared_entry_plan(spec, serving, join if len(join) == 2 else ())
     groups = container_groups(spec.identity, config)
     return build_plan(spec, config, names=etc.group_names(groups),
                       site_etc=etc.read_site_etc(config.etc_path))
 
 
-def launch(spec: ContainerSpec, config: SiteConfig, warn: Warn) -> NoReturn:
-    """Build (or enter) the container and exec the command in it."""
+def launch(spec: ContainerSpec, config: SiteConfig, warn: Warn,
+           fast: Callable[[], dict[str, object] | None] | None = None) -> NoReturn:
+    """Build (or enter) the container and exec the command in it.  ``fast``: the fast path's
+    section for this request (``prepared.fast_section``), asked for only if this is the first
+    launch of a shared image, whose holder then keeps the built tree for the fast path."""
     from shifter.runtime.linux import executor  # noqa: PLC0415  (ctypes; only when really launching)
 
     validate(spec, config)
     for message in spec.warnings:
         warn(message)
     plan = make_plan(spec, config)
-    executor.run(plan, warn)
+    executor.run(plan, warn, fast=fast if tree_can_be_held(spec, config) else None)
     raise ContainerError("internal error: the plan ended without running the command")
 
 

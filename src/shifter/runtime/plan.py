@@ -61,6 +61,20 @@ class EnterNamespaces(Record):
     gid: int
     fuse_helper: bool = False
     propagation: str = "private"
+    share: SharedImage | None = None
+    join: tuple[int, ...] = ()
+
+
+class SharedImage(Record):
+    """Share the image mount (and the user namespace that owns it) with every other launch of
+    this image by this user on this node (``shifter.runtime.linux.holder``): join a live holder,
+    or become the first launch, whose holder then keeps the mount for ``linger`` seconds after
+    the last container using it has gone.  ``source``: the squashfs; ``image_id``: its id."""
+
+    source: str
+    image_id: str
+    mountpoint: str
+    linger: int = 0
 
 
 class MountImage(Record):
@@ -449,6 +463,33 @@ def user_hook_ops(spec: ContainerSpec, config: SiteConfig) -> list[Op]:
     return ops
 
 
+def shared_image(spec: ContainerSpec, config: SiteConfig) -> SharedImage | None:
+    """Whether this launch shares its image mount (see :class:`SharedImage`): launches of a store
+    image whose namespace root stays private; unprivileged ones (squashfuse, the user's holder),
+    and privileged ones of a site-store image (the kernel loop mount, root's holder).  Not a
+    per-user-store image in privileged mode (squashfuse run as that user, for that container
+    only), nor with a ``slave`` volume (its namespace must be copied from the host's at launch
+    time)."""
+    image = spec.image
+    if not image.squashfs or root_propagation(spec) != "private":
+        return None
+    if spec.privileged and image.user_store:
+        return None
+    if not image.image_id or not all(c in "0123456789abcdef" for c in image.image_id):
+        return None
+    return SharedImage(image.squashfs, image.image_id, config.loop_mount, config.image_mount_linger)
+
+
+def tree_can_be_held(spec: ContainerSpec, config: SiteConfig) -> bool:
+    """Whether a first launch's image holder may keep this request's built tree for the fast path
+    (``linux.holder``): not with per-container state or steps, i.e. a perNodeCache volume (fresh
+    per container), ``--writable-tmpfs`` (a writable layer per container) or a module hook (run
+    per container)."""
+    if spec.writable_tmpfs or any(vol.per_node_cache for vol in spec.volumes):
+        return False
+    return not user_hook_ops(spec, config) and not any(config.module(name).roothook for name in spec.modules)
+
+
 def check_not_setup_tree(source: str, config: SiteConfig) -> None:
     """A user volume may not bind ``udiMount`` or ``loopMount`` (nor lie in them): the tree being
     built would show up inside itself.  (Site trees: ``config.site.check_mount_dirs``.)  The
@@ -497,7 +538,8 @@ def build_plan(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str]
     tree = tree_ops(spec, config, names or {}, site_etc)
     fuse = any(isinstance(op, MountImage) and op.method == "squashfuse" for op in tree)
     ops: list[Op] = [EnterNamespaces(user_ns=not spec.privileged, uid=ident.uid, gid=ident.gid,
-                                     fuse_helper=fuse, propagation=root_propagation(spec))]
+                                     fuse_helper=fuse, propagation=root_propagation(spec),
+                                     share=shared_image(spec, config))]
     ops += tree + finish_ops(spec, config, EnterRoot(config.udi_mount, "pivot"))
     return Plan(tuple(ops), user_ids(spec, config))
 
@@ -515,11 +557,14 @@ def finish_ops(spec: ContainerSpec, config: SiteConfig, enter: EnterRoot) -> lis
             Exec(spec.argv, spec.env)]
 
 
-def prepared_entry_plan(spec: ContainerSpec, config: SiteConfig) -> Plan:
+def prepared_entry_plan(spec: ContainerSpec, config: SiteConfig, join: tuple[int, ...] = ()) -> Plan:
     """Enter a tree ``shifter-setup`` built: a user namespace (unless root) and a mount
-    namespace, chroot into it, drop, chdir, exec.  No mounts, so no privilege is needed."""
+    namespace, chroot into it, drop, chdir, exec.  No mounts, so no privilege is needed.
+    ``join``: (pid, inode) of the prepared container's user namespace holder, joined instead of
+    a new user namespace while it lives."""
     ident = spec.identity
-    ops: list[Op] = [EnterNamespaces(user_ns=not spec.privileged, uid=ident.uid, gid=ident.gid)]
+    ops: list[Op] = [EnterNamespaces(user_ns=not spec.privileged, uid=ident.uid, gid=ident.gid,
+                                     join=join if not spec.privileged else ())]
     ops += finish_ops(spec, config, EnterRoot(config.udi_mount, "chroot"))
     return Plan(tuple(ops), user_ids(spec, config))
 
@@ -533,6 +578,7 @@ def user_ids(spec: ContainerSpec, config: SiteConfig) -> tuple[int, int, tuple[i
 __all__ = ["DEV_FLAGS", "HOST_ETC_FILES", "KERNEL_FS_FLAGS", "MODULES_ROOT", "PHASES", "ROOT_OWN_ENTRIES",
            "SYSTEM_BINDS", "VOLUME_FLAGS", "Bind", "BindExtra", "BuildEtc", "Chdir", "CheckMpiAbi", "CopyTree",
            "DropPrivileges", "EnterNamespaces", "EnterRoot", "Exec", "ModuleTmpfs", "MountCache", "MountImage",
-           "MountRootTmpfs", "Op", "Plan", "PopulateRoot", "Remount", "RootHook", "UserHook", "WritableOverlay",
-           "build_plan", "cache_op", "check_not_setup_tree", "container_groups", "finish_ops", "image_ops",
-           "module_tree_ops", "prepared_entry_plan", "root_propagation", "tree_ops", "user_hook_ops", "user_ids"]
+           "MountRootTmpfs", "Op", "Plan", "PopulateRoot", "Remount", "RootHook", "SharedImage", "UserHook",
+           "WritableOverlay", "build_plan", "cache_op", "check_not_setup_tree", "container_groups", "finish_ops",
+           "image_ops", "module_tree_ops", "prepared_entry_plan", "root_propagation", "shared_image",
+           "tree_can_be_held", "tree_ops", "user_hook_ops", "user_ids"]

@@ -275,17 +275,18 @@ def with_mounts(config: SiteConfig, udi_mount: str, loop_mount: str) -> SiteConf
     return type(config)(**{**values, "udi_mount": udi_mount, "loop_mount": loop_mount})
 
 
-def serving_config(spec: ContainerSpec, config: SiteConfig,
-                   environ: dict[str, str] | os._Environ[str]) -> SiteConfig | None:
+def serving_record(spec: ContainerSpec, config: SiteConfig,
+                   environ: dict[str, str] | os._Environ[str]) -> tuple[SiteConfig, dict[str, Any]] | None:
     """The configuration (the Slurm job's container paths, else the site's) whose prepared
-    container serves ``spec``, or ``None`` when none does."""
+    container serves ``spec``, with that container's record; ``None`` when none does."""
     candidates = [config]
     job = job_mounts(config.udi_mount, environ)
     if job is not None:
         candidates.insert(0, with_mounts(config, *job))
     for candidate in candidates:
-        if matching_record(spec, candidate) is not None:
-            return candidate
+        record = matching_record(spec, candidate)
+        if record is not None:
+            return candidate, record
     return None
 
 
@@ -316,4 +317,4 @@ def remove_record(config: SiteConfig) -> None:
 
 
 __all__ = ["JOBS_SUFFIX", "describe", "fast_section", "is_mountpoint", "job_mounts", "make_record", "matching_record",
-           "read_record", "record_path", "remove_record", "serving_config", "with_mounts", "write_record"]
+           "read_record", "record_path", "remove_record", "serving_record", "with_mounts", "write_record"]

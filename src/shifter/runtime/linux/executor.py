@@ -24,7 +24,9 @@ One small function per operation kind.  Security notes that hold throughout:
 * The process that runs the setup is the process that execs the command: no extra process
   holds the container's namespaces, so they die with the command, also on SIGKILL.  The
   only helper, squashfuse, lives outside the container's mount namespace; it exits when the
-  namespace (and with it the FUSE mount) goes away.
+  namespace (and with it the FUSE mount) goes away.  Unprivileged, the image mount is shared:
+  an image holder (:mod:`.holder`) keeps the user namespace and the mount namespace that holds
+  the image (never the container's own mount namespace) for later launches to join.
 * Root never waits for ever on a squashfuse run as the user: a deadline covers the privileged
   phase, and on failure the helper's processes are killed and its connection aborted (see
   :mod:`.fusehelper`).
@@ -89,16 +91,25 @@ class Context:
         self.fuse_connection = -1
         self.fuse_daemons: list[tuple[int, int]] = []
         self.mounted: list[str] = []
+        # image holders (see .holder): the image is mounted already (joined), or a first
+        # launch's pending hand-over
+        self.image_shared = False
+        self.holder: object = None
+        # the fast path's section for a held tree (prepared.fast_section), computed on demand
+        self.fast: Callable[[], dict[str, object] | None] | None = None
         # container target -> fd naming the root of the mount made there (see remount)
         self.mounts: dict[str, int] = {}
         # host paths where the container is built (udiMount, the image): no volume may bind them
         self.setup_paths: list[str] = []
 
 
-def run(plan: p.Plan, warn: Warn, stop_before: str = "") -> Context:
+def run(plan: p.Plan, warn: Warn, stop_before: str = "",
+        fast: Callable[[], dict[str, object] | None] | None = None) -> Context:
     """Execute ``plan`` in order; ``Exec`` does not return.  ``stop_before`` names a phase
-    at which to stop (``shifter-setup`` stops before ``enter``)."""
+    at which to stop (``shifter-setup`` stops before ``enter``).  ``fast``: the fast path's
+    section for this request, if a first launch's holder is to keep its built tree."""
     ctx = Context(warn, plan.user)
+    ctx.fast = fast
     try:
         for op in plan.ops:
             if op.phase == stop_before:
@@ -205,7 +216,26 @@ def _missing_mountpoint(op: p.Op) -> str:
 # --- namespace -----------------------------------------------------------------------------------
 
 def enter_namespaces(op: p.EnterNamespaces, ctx: Context) -> None:
-    """New user namespace (single-id maps of the caller) and/or mount namespace."""
+    """New user namespace (single-id maps of the caller) and/or mount namespace; or, for a shared
+    image, the user and mount namespace of its live holder (see :mod:`.holder`)."""
+    if op.share is not None:
+        from shifter.runtime.linux import holder  # noqa: PLC0415
+
+        joined = holder.join_or_lock(op.share, op.user_ns)
+        ctx.image_shared = joined is True
+        ctx.holder = joined if isinstance(joined, holder.Pending) else None
+        if isinstance(joined, holder.Pending) and op.user_ns and ctx.fast is not None:
+            # Taken here, outside the new user namespace: the fast path compares these file
+            # states with its own (owners would show as the overflow id inside).
+            joined.fast = ctx.fast()
+            joined.hold_tree = joined.fast is not None
+        if ctx.image_shared:
+            return
+    if op.user_ns and op.join:
+        from shifter.runtime.linux import holder  # noqa: PLC0415
+
+        if holder.join_user_namespace(*op.join):
+            return
     if op.user_ns:
         sc.unshare(sc.CLONE_NEWUSER)
         # An unprivileged writer may map only its own ids, and only after denying setgroups
@@ -251,6 +281,9 @@ def mount_image(op: p.MountImage, ctx: Context) -> None:
     """Mount the image read-only, nosuid, nodev at the loop mount point."""
     target = _open_dir(op.mountpoint)
     ctx.setup_paths.append(fsutil.real_path(target))
+    if ctx.image_shared:
+        os.close(target)
+        return  # mounted by the holder we joined
     try:
         if op.method == "loop":
             _mount_loop(op.source, target)
@@ -267,6 +300,15 @@ def mount_image(op: p.MountImage, ctx: Context) -> None:
             raise ContainerError(f"unknown image mount method {op.method!r}")
     finally:
         os.close(target)
+    if ctx.holder is not None and not ctx.holder.hold_tree:  # type: ignore[attr-defined]
+        _hand_over(ctx)  # the first launch of a shared image: the mount goes to the holder
+
+
+def _hand_over(ctx: Context, udi_mount: str = "") -> None:
+    from shifter.runtime.linux import holder  # noqa: PLC0415
+
+    pending, ctx.holder = ctx.holder, None
+    holder.hand_over(pending, udi_mount)  # type: ignore[arg-type]
 
 
 def _open_dir(path: str) -> int:
@@ -842,6 +884,13 @@ def _remount_fd(fd: int, flags: int) -> None:
 
 def enter_root(op: p.EnterRoot, ctx: Context) -> None:
     """``pivot_root`` into the tree and detach the host's tree (or ``chroot`` into it)."""
+    if ctx.holder is not None:
+        # The first launch of a shared image keeps its built tree in the holder's namespace (for
+        # the fast path); we go on in a copy, so the root is looked up again there.
+        _hand_over(ctx, op.root)
+        if ctx.root_fd >= 0:
+            os.close(ctx.root_fd)
+            ctx.root_fd = -1
     if op.method == "chroot":
         os.chroot(op.root)
         os.chdir("/")

@@ -70,6 +70,7 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAPABILITY_VERSION_3 = 0x20080522
 CAPSET_SYSCALL = {"x86_64": 126, "aarch64": 91}  # no glibc wrapper
+PIDFD_SEND_SIGNAL_SYSCALL, PIDFD_OPEN_SYSCALL = 424, 434  # the same on every architecture
 
 # Options with a value, by long and short name.  Everything else (--help, --verbose, --user,
 # --env-file, --entrypoint=CMD, abbreviations, clustered short flags) goes to the full parser.
@@ -402,7 +403,7 @@ def read_record(environ: dict[str, str]) -> "tuple[Record, list[int]] | None":
     if udi is None:
         return None
     config_id = _identity(loaded[1])
-    # The Slurm job's container on this node first (prepared.serving_config), then the site's.
+    # The Slurm job's container on this node first (prepared.serving_record), then the site's.
     job = job_udi_mount(udi, environ)
     for candidate in ((job, udi) if job is not None else (udi,)):
         record = _trusted_record(candidate)
@@ -475,6 +476,96 @@ def caller_environ() -> dict[str, str]:
     return {k.decode(enc, "surrogateescape"): v.decode(enc, "surrogateescape") for k, v in posix.environ.items()}
 
 
+# --- held trees (image holders, see shifter.runtime.linux.holder) ------------------------------
+
+class Held:
+    """An image holder whose namespaces hold a built tree for this request."""
+
+    __slots__ = ("mnt_fd", "mntns", "pid", "socket", "userns")
+
+    def __init__(self, pid: int, userns: int, mntns: int, socket: str) -> None:
+        self.pid, self.userns, self.mntns, self.socket = pid, userns, mntns, socket
+        self.mnt_fd = -1
+
+
+def index_name(request: list[object], config_path: str, mntns: int) -> str:
+    """``shifter.runtime.holder.index_name`` (a unit test holds the two together)."""
+    digest = 0xCBF29CE484222325
+    for byte in f"{request!r}\0{config_path}\0{mntns}".encode("utf-8", "surrogateescape"):
+        digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"fast-{digest:016x}.json"
+
+
+def runtime_dir(uid: int) -> str | None:
+    """``linux.holder.runtime_dir`` without creating it: the user's holder directory, or ``None``
+    unless it is a directory of ``uid``'s closed to others."""
+    try:
+        parent = posix.lstat(f"/run/user/{uid}")
+        login = (parent.st_mode & 0o170000) == 0o040000 and parent.st_uid == uid
+    except OSError:
+        login = False
+    path = f"/run/user/{uid}/shifter" if login else f"/dev/shm/shifter-{uid}"
+    try:
+        st = posix.lstat(path)
+    except OSError:
+        return None
+    if (st.st_mode & 0o170000) != 0o040000 or st.st_uid != uid or st.st_mode & 0o077:
+        return None
+    return path
+
+
+def read_held(environ: dict[str, str], req: Request, uid: int) -> "tuple[Record, list[int], str] | None":
+    """The index record of a held tree for this request (``linux.holder._publish_index``), the
+    configuration's identity and the holder directory; ``None`` when there is none to trust: the
+    file must be the user's own, closed to others, in the user's closed directory, and name the
+    configured ``udiMount``."""
+    config_path = environ.get("SHIFTER_CONFIG") or DEFAULT_CONFIG_PATH
+    loaded = _read_small(config_path)
+    directory = runtime_dir(uid)
+    if loaded is None or directory is None:
+        return None
+    try:
+        udi = config_udi_mount(loaded[0].decode("utf-8"))
+        mntns = posix.stat("/proc/self/ns/mnt").st_ino
+    except (UnicodeDecodeError, OSError):
+        return None
+    name = index_name(request_key(req.image, req.image_type, req.volumes, req.modules), config_path, mntns)
+    found = _read_small(f"{directory}/{name}")
+    if udi is None or found is None or found[1].st_uid != uid or found[1].st_mode & 0o077:
+        return None
+    record = _json_object(found[0])
+    if not isinstance(record, dict) or record.get("version") != 1 or record.get("udi_mount") != udi:
+        return None
+    return record, _identity(loaded[1]), directory
+
+
+def _held_entry(environ: dict[str, str], req: Request, ids: tuple[int, int]) -> int | None:
+    """``try_enter`` for a tree an image holder keeps: the same checks as for a prepared one."""
+    found = read_held(environ, req, ids[0])
+    if found is None:
+        return None
+    record, config_id, directory = found
+    try:
+        fast = record["fast"]
+        if fast["config"] != config_id or not files_unchanged(fast, ids[0]):
+            return None
+        values = [record["pid"], record["userns"], record["mntns"]]
+        key = record["key"]
+        if not all(type(v) is int and v > 0 for v in values) or not isinstance(key, str) or "/" in key:
+            return None
+        try:
+            cwd = posix.getcwd()
+        except OSError:
+            cwd = "/"
+        entry = decide(req, record, environ, ids, groups=posix.getgroups(), cwd=cwd)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
+    if entry is None:
+        return None
+    held = Held(values[0], values[1], values[2], f"{directory}/{key}.sock")
+    return enter(str(record["udi_mount"]), ids, entry, _warn, held=held)
+
+
 # --- the entry (system calls) --------------------------------------------------------------------
 
 class _Failed(Exception):
@@ -508,7 +599,7 @@ def _libc() -> "Libc":
         _flags_ = ct.FUNCFLAG_CDECL | ct.FUNCFLAG_USE_ERRNO
         _restype_ = CInt
 
-    libc: dict[str, Any] = {name: Func((name, Libc)) for name in ("unshare", "mount", "prctl")}
+    libc: dict[str, Any] = {name: Func((name, Libc)) for name in ("unshare", "mount", "prctl", "setns")}
     syscall = Func(("syscall", Libc))
     libc["syscall"] = lambda nr, *args: syscall(CLong(nr), *args)  # syscall(long number, ...)
     return libc
@@ -542,9 +633,12 @@ def _cap_last_cap() -> int:
         return 63
 
 
-def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], None]") -> int | None:
+def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], None]", *,
+          holder: "tuple[int, int] | None" = None, held: "Held | None" = None) -> int | None:
     """Enter the prepared tree at ``root`` and exec.  Returns ``None`` (nothing changed: use the
-    full path) if the namespaces cannot be created, an exit status after a later failure."""
+    full path) if the namespaces cannot be created, an exit status after a later failure.
+    ``holder``: (pid, inode) of the user namespace to join (``linux.holder.join_user_namespace``);
+    ``held``: an image holder whose namespaces hold the tree at ``root`` (see :func:`read_held`)."""
     capset = CAPSET_SYSCALL.get(posix.uname().machine)
     if capset is None:
         return None
@@ -553,14 +647,25 @@ def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], 
     except (ImportError, AttributeError, OSError, TypeError):
         return None
     last_cap = _cap_last_cap()
-    # Both namespaces in one call: the mount namespace is owned by the new user namespace, in which
-    # we hold every capability (and nothing outside it).  If this fails nothing has changed.
+    # The user namespace of the prepared container's holder (one for all its entries: a job's tasks
+    # share memory as on the host), else both namespaces in one call: the mount namespace is owned by
+    # the new user namespace, in which we hold every capability (and nothing outside it).  If this
+    # fails nothing has changed.
+    if held is not None:
+        joined = _join_held(libc, held)
+        if joined is None:
+            return None
+    else:
+        joined = holder is not None and _join_user_namespace(libc, holder)
+    if not joined:
+        try:
+            _call(libc, "unshare", CLONE_NEWUSER | CLONE_NEWNS)
+        except OSError:
+            return None
     try:
-        _call(libc, "unshare", CLONE_NEWUSER | CLONE_NEWNS)
-    except OSError:
-        return None
-    try:
-        _namespace(libc, ids)
+        if held is not None:
+            _call_failed(libc, "setns", held.mnt_fd, CLONE_NEWNS)
+        _namespace(libc, ids, joined)
         _enter_root(root)
         _drop(libc, ids, last_cap, capset)
         _chdir(entry.candidates, warn)
@@ -570,14 +675,91 @@ def enter(root: str, ids: tuple[int, int], entry: Entry, warn: "Callable[[str], 
         return err.code
 
 
-def _namespace(libc: "Libc", ids: tuple[int, int]) -> None:
+def _call_failed(libc: "Libc", name: str, *args: object) -> None:
+    try:
+        _call(libc, name, *args)
+    except OSError as err:
+        raise _Failed(f"namespace: cannot join the image holder's namespaces: {err.strerror or err}") from None
+
+
+def _join_held(libc: "Libc", held: "Held") -> bool | None:
+    """``linux.holder``'s join for the fast path: register with the holder (it answers once it
+    watches us, so it cannot end under us), pin it with a pidfd, check its namespaces are the
+    recorded ones and the pid still names it, then join its user namespace (its mount namespace
+    next, by the caller).  ``None``: nothing changed (use the full path)."""
+    if not _register(held.socket):
+        return None
+    pidfd = libc["syscall"](PIDFD_OPEN_SYSCALL, held.pid, 0)
+    if pidfd < 0:
+        return None
+    fds: list[int] = []
+    try:
+        for name in ("user", "mnt"):
+            fds.append(posix.open(f"/proc/{held.pid}/ns/{name}", posix.O_RDONLY | posix.O_CLOEXEC))
+        if ([posix.fstat(fd).st_ino for fd in fds] != [held.userns, held.mntns]
+                or libc["syscall"](PIDFD_SEND_SIGNAL_SYSCALL, pidfd, 0, None, 0) != 0
+                or libc["setns"](fds[0], CLONE_NEWUSER) != 0):
+            return None
+        held.mnt_fd = posix.dup(fds[1])
+        return True
+    except OSError:
+        return None
+    finally:
+        for fd in fds:
+            posix.close(fd)
+        posix.close(pidfd)
+
+
+def _register(path: str) -> bool:
+    """``linux.holder._register``: connect, and wait (at most 5 s) for the holder's answer."""
+    try:
+        import _socket  # noqa: PLC0415  (built in C; only for a held tree)
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    except (ImportError, OSError):
+        return False
+    try:
+        sock.settimeout(5.0)
+        sock.connect(path)
+        return sock.recv(1) == b"k"
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def _join_user_namespace(libc: "Libc", holder: "tuple[int, int]") -> bool:
+    """``linux.holder.join_user_namespace`` up to ``setns``: the pidfd pins the holder, its
+    namespace must be the recorded one, the pid still that process; ``False``: nothing changed."""
+    pid, userns = holder
+    pidfd = libc["syscall"](PIDFD_OPEN_SYSCALL, pid, 0)
+    if pidfd < 0:
+        return False
+    try:
+        fd = posix.open(f"/proc/{pid}/ns/user", posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        posix.close(pidfd)
+        return False
+    try:
+        return (posix.fstat(fd).st_ino == userns and libc["syscall"](PIDFD_SEND_SIGNAL_SYSCALL, pidfd, 0, None, 0) == 0
+                and libc["setns"](fd, CLONE_NEWUSER) == 0)
+    finally:
+        posix.close(fd)
+        posix.close(pidfd)
+
+
+def _namespace(libc: "Libc", ids: tuple[int, int], joined: bool = False) -> None:
     """executor.enter_namespaces: map the caller's ids to themselves (after denying setgroups, as
-    an unprivileged writer must), and make every mount private (nothing propagates either way)."""
+    an unprivileged writer must), and make every mount private (nothing propagates either way).
+    ``joined``: in the holder's user namespace (mapped already): a mount namespace of our own."""
     uid, gid = ids
     try:
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
-        _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+        if joined:
+            _call(libc, "unshare", CLONE_NEWNS)
+        else:
+            _write("/proc/self/setgroups", "deny")
+            _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+            _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
         _call(libc, "mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
     except OSError as err:
         raise _Failed(f"namespace: EnterNamespaces failed: {err.strerror or err}",
@@ -693,10 +875,10 @@ def try_enter(argv: list[str]) -> int | None:
     if req is None:
         return None
     found = read_record(environ)
-    if found is None:
-        return None
-    record, config_id = found
     ids = (uids[0], gids[0])
+    if found is None:
+        return _held_entry(environ, req, ids)
+    record, config_id = found
     try:
         fast = record["fast"]
         loop = record["loop_mount"]
@@ -714,7 +896,14 @@ def try_enter(argv: list[str]) -> int | None:
         return None  # a record of another shape (another version wrote it): the full path decides
     if entry is None:
         return None
-    return enter(str(record["udi_mount"]), ids, entry, _warn)
+    return enter(str(record["udi_mount"]), ids, entry, _warn, holder=_holder(record.get("userns")))
+
+
+def _holder(value: object) -> "tuple[int, int] | None":
+    """The record's ``userns`` (pid, inode), if it has that shape."""
+    if isinstance(value, list) and len(value) == 2 and all(type(v) is int and v > 0 for v in value):
+        return value[0], value[1]
+    return None
 
 
 __all__ = ["IDENTITY_NAMES", "Entry", "Request", "compose_env", "config_udi_mount", "decide", "enter", "file_state",

@@ -209,6 +209,31 @@ def fsmount_new(fstype: str, options: dict[str, str], attr: int) -> int:
         os.close(fs_fd)
 
 
+# pidfd_open / pidfd_send_signal (Linux 5.3 / 5.1; the same numbers on every architecture) and
+# NS_GET_OWNER_UID (linux/nsfs.h: _IO(0xb7, 0x4)).
+_NR_PIDFD_SEND_SIGNAL, _NR_PIDFD_OPEN = 424, 434
+NS_GET_OWNER_UID = 0xB704
+
+
+def pidfd_open(pid: int) -> int:
+    """``pidfd_open(pid, 0)``: an fd naming that very process (it never names a reused pid), and
+    readable once the process has exited."""
+    return _syscall(_NR_PIDFD_OPEN, "pidfd_open", ctypes.c_int(pid), ctypes.c_uint(0))
+
+
+def pidfd_signal(pidfd: int, sig: int) -> None:
+    """``pidfd_send_signal``: signal the process behind ``pidfd`` (``sig`` 0: is it alive?)."""
+    _syscall(_NR_PIDFD_SEND_SIGNAL, "pidfd_send_signal", ctypes.c_int(pidfd), ctypes.c_int(sig), None,
+             ctypes.c_uint(0))
+
+
+def ns_owner_uid(userns_fd: int) -> int:
+    """The uid (in our user namespace) that created the user namespace behind ``userns_fd``."""
+    uid = ctypes.c_uint(0)
+    _check(_libc.ioctl(userns_fd, NS_GET_OWNER_UID, ctypes.byref(uid)), "NS_GET_OWNER_UID")
+    return uid.value
+
+
 class _MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
                 ("userns_fd", ctypes.c_uint64)]
