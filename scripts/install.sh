@@ -14,7 +14,7 @@ if [ "${SHIFTER_SKIP_APT:-0}" != 1 ]; then
   apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-pip squashfs-tools squashfs-tools-ng squashfuse fuse3 util-linux \
     docker-registry skopeo umoci apache2-utils busybox-static zstd hyperfine charliecloud-runtime \
-    munge xfsprogs podman runc ca-certificates postgresql >/dev/null
+    munge xfsprogs podman runc ca-certificates postgresql rsync openssh-client >/dev/null
 fi
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
   mkdir -p "$PREFIX"

@@ -129,7 +129,7 @@ RECORD = {"200": {"description": "an image record (NERSC fields; \"MISSING\" whe
 
 
 def create_app(gateway: Gateway) -> FastAPI:
-    """The ASGI application serving ``gateway``."""
+    """The ASGI application serving ``gateway`` (FastAPI behind :class:`FastLookup`)."""
     app = FastAPI(title="Shifter image gateway", version="1", summary="NERSC Shifter compatible imagegw API")
     authenticate = Authenticator(gateway)
     _register_errors(app)
@@ -140,9 +140,12 @@ def create_app(gateway: Gateway) -> FastAPI:
         return "{lookup,pull,expire,list,queue,autoexpire,metrics,remove}"
 
     @app.get("/api/lookup/{system}/{imgtype}/{tag:path}/", responses=RECORD)  # type: ignore[arg-type]
-    async def lookup(system: str, imgtype: str, tag: str, authentication: str | None = Auth) -> Response:
-        caller, _tokens = authenticate(system, authentication)
-        return json_response(gateway.lookup(system, imgtype, tag, caller))
+    async def lookup(request: Request, system: str, imgtype: str, tag: str,
+                     authentication: str | None = Auth) -> Response:
+        status, body, code = lookup_answer(gateway, authenticate, (system, imgtype, tag), authentication,
+                                           str(request.url))
+        headers = {EXIT_CODE_HEADER: str(code)} if code is not None else None
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     @app.post("/api/pull/{system}/{imgtype}/{tag:path}/", openapi_extra=PULL_BODY, responses=RECORD)  # type: ignore[arg-type]
     async def pull(request: Request, system: str, imgtype: str, tag: str,
@@ -188,7 +191,65 @@ def create_app(gateway: Gateway) -> FastAPI:
     def prometheus() -> Response:
         return Response(gateway.prometheus(), media_type="text/plain; version=0.0.4")
 
-    return app
+    return FastLookup(app, gateway, authenticate)  # type: ignore[return-value]
+
+
+def lookup_answer(gateway: Gateway, authenticate: Authenticator, where: tuple[str, str, str],
+                  header: str | None, url: str) -> tuple[int, bytes, int | None]:
+    """A lookup's status, JSON body and exit code (one implementation for both routes to it)."""
+    system, imgtype, tag = where
+    try:
+        caller, _tokens = authenticate(system, header)
+        return 200, json.dumps(gateway.lookup(system, imgtype, tag, caller)).encode(), None
+    except ShifterError as err:
+        status = status_of(err)
+        return status, json.dumps(error_body(status, err.render(), url)).encode(), err.exit_code
+
+
+class FastLookup:
+    """``GET /api/lookup/...`` answered before FastAPI's routing and validation (the hot path: every
+    job start on every node looks an image up); everything else, and the OpenAPI document (which
+    describes this same route), goes to FastAPI.  Both call :func:`lookup_answer`."""
+
+    PREFIX = "/api/lookup/"
+
+    def __init__(self, app: FastAPI, gateway: Gateway, authenticate: Authenticator) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.authenticate = authenticate
+
+    def __getattr__(self, name: str) -> Any:  # app.openapi(), app.routes ... for tools and tests
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        where = self._route(scope)
+        if where is None:
+            await self.app(scope, receive, send)
+            return
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authentication"), None)
+        url = f"http://{_host(scope)}{scope['path']}"
+        status, body, code = lookup_answer(self.gateway, self.authenticate, where, header, url)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if code is not None:
+            headers.append((EXIT_CODE_HEADER.encode(), str(code).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _route(self, scope: Any) -> tuple[str, str, str] | None:
+        if scope.get("type") != "http" or scope.get("method") != "GET":
+            return None
+        path = scope.get("path", "")
+        if not path.startswith(self.PREFIX) or not path.endswith("/"):
+            return None
+        parts = path[len(self.PREFIX):-1].split("/", 2)
+        if len(parts) != 3 or not all(parts):
+            return None
+        return parts[0], parts[1], parts[2]
+
+
+def _host(scope: Any) -> str:
+    server = scope.get("server") or ("gateway", 0)
+    return f"{server[0]}:{server[1]}"
 
 
 __all__ = ["create_app", "json_response", "status_of"]

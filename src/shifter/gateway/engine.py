@@ -29,6 +29,7 @@ from shifter.gateway import nersc
 from shifter.gateway.acl import PUBLIC, ImageAcl, resolve_acl
 from shifter.gateway.gwconfig import GatewayConfig, SystemConfig
 from shifter.gateway.jobs import Job, JobSink, JobTable, describe
+from shifter.gateway.pglock import pull_lock
 from shifter.gateway.records import Status
 from shifter.gateway.repository import ImageRepository
 from shifter.gateway.service import ImageService
@@ -283,7 +284,9 @@ class Gateway:
                   acl: ImageAcl | None) -> None:
         sink = JobSink(job)
         try:
-            record = sysvc.puller(tokens).pull(f"docker:{ref}", job.caller, sink, acl=acl)
+            waiting = lambda: sink.phase("wait", "another gateway instance is pulling this tag")  # noqa: E731
+            with pull_lock(sysvc.repo.engine, sysvc.system.name, ref, waiting):
+                record = sysvc.puller(tokens).pull(f"docker:{ref}", job.caller, sink, acl=acl)
             job.image_id = record.id
             meta = sysvc.store.read_metadata(record.id)
             nersc.write_meta(sysvc.store.root, record.id, meta)

@@ -73,7 +73,8 @@ def fast_section(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig,
 
     try:
         paths = _witness_paths(opts, spec, config)
-        if paths is None or config_state is None or opts.image is None:
+        if paths is None or config_state is None or opts.image is None or config.image_gateway:
+            # With a gateway, the gateway names the image: no store file witnesses that answer.
             return None
         # The states the user's fast path will see: taken with the user's rights (as root acting
         # for the user, request.spec_from_options resolves the image the same way).
