@@ -171,7 +171,8 @@ def test_rsync_system_gets_one_copy_under_a_temporary_name_then_renamed(
         image_id = record["id"]
         assert sorted(p.name for p in remote.iterdir()) == [f"{image_id}.json", f"{image_id}.meta",
                                                             f"{image_id}.squashfs"]  # no temporary left
-        assert (remote / f"{image_id}.squashfs").read_bytes() == (tmp_path / "images" / f"{image_id}.squashfs").read_bytes()
+        local = tmp_path / "images" / f"{image_id}.squashfs"
+        assert (remote / f"{image_id}.squashfs").read_bytes() == local.read_bytes()
         expired = gateway.request("GET", f"/api/expire/remote/docker/{quote(ref)}/", cred=munge.credential())
         assert expired.status == 200
         assert list(remote.iterdir()) == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -118,6 +119,7 @@ def readable(meta: dict[str, Any], caller: Caller, admin: bool) -> bool:
     return admin or ImageAcl.from_json(meta.get("acl")).allows(caller.uid, caller.gid, caller.groups)
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise(itype: str, tag: str) -> str:
     """NERSC's ``<imgtype>/<tag>`` as our tag text (``alpine`` -> ``alpine:latest``); 400 when bad."""
     if itype != "docker":

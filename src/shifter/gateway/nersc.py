@@ -44,6 +44,14 @@ def epoch(value: object) -> float | None:
     return None
 
 
+def familiar(ref: str) -> str:
+    """``docker.io/library/alpine:latest`` -> ``alpine:latest`` (as NERSC's gateway names Hub images)."""
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix):]
+    return ref
+
+
 def record(*, system: str, itype: str, tags: list[str], status: str, image_id: str | None = None,
            metadata: Mapping[str, Any] | None = None, last_pull: float | None = None,
            message: str = "") -> dict[str, Any]:
@@ -52,7 +60,8 @@ def record(*, system: str, itype: str, tags: list[str], status: str, image_id: s
     acl = meta.get("acl") if isinstance(meta.get("acl"), Mapping) else None
     entry = meta.get("entrypoint")
     out: dict[str, Any] = {
-        "id": image_id or MISSING, "system": system, "itype": itype, "tag": tags, "status": nersc_status(status),
+        "id": image_id or MISSING, "system": system, "itype": itype, "tag": [familiar(t) for t in tags],
+        "status": nersc_status(status),
         "userACL": list(acl.get("users", [])) if acl and acl.get("private") else MISSING,
         "groupACL": list(acl.get("groups", [])) if acl and acl.get("private") else MISSING,
         "ENV": list(meta["env"]) if meta.get("env") else MISSING,
@@ -102,4 +111,4 @@ def write_meta(image_path: Path, image_id: str, metadata: Mapping[str, Any]) -> 
     return path
 
 
-__all__ = ["BUSY", "MISSING", "RECORD_KEYS", "epoch", "meta_text", "nersc_status", "record", "write_meta"]
+__all__ = ["BUSY", "MISSING", "RECORD_KEYS", "epoch", "familiar", "meta_text", "nersc_status", "record", "write_meta"]
