@@ -8,7 +8,9 @@ over, change, expire or remove user A's private image.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
 import subprocess
 import time
@@ -65,7 +67,7 @@ def gateway(munge: Munged, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     conf, gwconf = write_configs(root, {
         SYS: {"image_path": str(root / "images"), "munge_socket": munge.socket, "admins": ["root"]},
         "downsys": {"image_path": str(root / "down-images"), "munge_socket": str(root / "no-munged.socket")},
-    }, workers=2, pull_update_timeout=300)
+    }, workers=2, pull_update_timeout=300, import_users=["shiftertest"])
     proc = GatewayProc(root, conf, gwconf).start()
     yield proc
     proc.stop()
@@ -364,3 +366,39 @@ def test_prometheus_metrics_and_openapi(gateway: GatewayProc) -> None:
     assert "shifter_gateway_lookups_total" in text and 'shifter_gateway_images{system="testsys"}' in text
     spec = gateway.request("GET", "/openapi.json").json()
     assert "/api/pull/{system}/{imgtype}/{tag}/" in spec["paths"]
+
+
+# --- doimport ------------------------------------------------------------------------------------
+
+def _squashfs(path: Path, text: bytes, owner: int) -> Path:
+    tree = path.parent / f"{path.name}.tree"
+    (tree / "app").mkdir(parents=True)
+    (tree / "app/hello.txt").write_bytes(text)
+    subprocess.run(["mksquashfs", str(tree), str(path), "-noappend", "-quiet", "-all-root"], check=True,
+                   capture_output=True)
+    os.chown(path, owner, owner)
+    return path
+
+
+def test_import_users_import_their_own_squashfs(gateway: GatewayProc, munge: Munged, tmp_path: Path) -> None:
+    image = _squashfs(tmp_path / "mine.squashfs", b"imported\n", ALICE)
+    body = json.dumps({"filepath": str(image), "format": "squashfs"}).encode()
+    path = f"/api/doimport/{SYS}/docker/{quote('imported/app:1')}/"
+    reply = gateway.request("POST", path, cred=munge.credential(uid=ALICE), body=body)
+    assert reply.status == 200, reply.body
+    record = reply.json()
+    assert record["status"] == "READY" and record["id"] == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert (_images(gateway) / f"{record['id']}.meta").read_text().startswith("FORMAT: squashfs\n")
+    assert _lookup(gateway, "imported/app:1", munge.credential(uid=BOB)) == 200
+    # not an import user: 403; a file of someone else's (root's), even through a link: 403
+    assert gateway.request("POST", path, cred=munge.credential(uid=BOB), body=body).status == 403
+    roots = _squashfs(tmp_path / "roots.squashfs", b"root's\n", 0)
+    (tmp_path / "link.squashfs").symlink_to(roots)
+    for target in (roots, tmp_path / "link.squashfs"):
+        other = json.dumps({"filepath": str(target)}).encode()
+        assert gateway.request("POST", path, cred=munge.credential(uid=ALICE), body=other).status in (400, 403)
+    shadow = json.dumps({"filepath": "/etc/shadow"}).encode()
+    assert gateway.request("POST", path, cred=munge.credential(uid=ALICE), body=shadow).status == 403
+    for bad in (b"{}", b'{"filepath": "relative"}', b'{"filepath": "/nonexistent"}',
+                json.dumps({"filepath": str(image), "format": "ext4"}).encode()):
+        assert gateway.request("POST", path, cred=munge.credential(uid=ALICE), body=bad).status == 400, bad

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -177,4 +178,25 @@ def test_rsync_system_gets_one_copy_under_a_temporary_name_then_renamed(
         assert expired.status == 200
         assert list(remote.iterdir()) == []
     finally:
+        gateway.stop()
+
+
+def test_many_clients_on_two_http_workers_pull_an_image_once(
+        munge: Munged, registry: Registry, proxy: CountingProxy, tmp_path: Path) -> None:
+    _image(registry, tmp_path, "crowd")
+    ref = f"{proxy.host}/test/crowd:1"
+    gateway = _gateway(tmp_path / "gw", munge, http_workers=2).start()
+    try:
+        proxy.hold()
+        with ThreadPoolExecutor(20) as pool:
+            first = list(pool.map(lambda _: _status(gateway, munge, ref)["status"], range(20)))
+        assert all(status in BUSY for status in first)
+        proxy.let_go()
+        with ThreadPoolExecutor(20) as pool:
+            final = list(pool.map(lambda _: gateway.pull_until_done(SYS, ref, munge.credential).json()["status"],
+                                  range(20)))
+        assert final == ["READY"] * 20
+        assert len(proxy.blob_paths) == 3 and len(set(proxy.blob_paths)) == 3  # config + 2 layers, once each
+    finally:
+        proxy.let_go()
         gateway.stop()

@@ -127,12 +127,18 @@ PULL_BODY = {"requestBody": {"required": False, "content": {"application/json": 
         "allowed_uids": {"type": "string", "description": "comma-separated uids (the caller is added)"},
         "allowed_gids": {"type": "string", "description": "comma-separated gids"},
         "public": {"type": "boolean", "description": "make the image public (owner or admin)"}}}}}}}
+IMPORT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["filepath"], "properties": {
+        "filepath": {"type": "string", "description": "absolute path of a squashfs file the caller owns"},
+        "format": {"type": "string", "enum": ["squashfs"]},
+        "allowed_uids": {"type": "string"}, "allowed_gids": {"type": "string"}}}}}}}
 RECORD = {"200": {"description": "an image record (NERSC fields; \"MISSING\" where absent)"}}
 
 
-def create_app(gateway: Gateway) -> FastAPI:
+def create_app(gateway: Gateway, lifespan: Any = None) -> FastAPI:
     """The ASGI application serving ``gateway`` (FastAPI behind :class:`FastLookup`)."""
-    app = FastAPI(title="Shifter image gateway", version="1", summary="NERSC Shifter compatible imagegw API")
+    app = FastAPI(title="Shifter image gateway", version="1", summary="NERSC Shifter compatible imagegw API",
+                  lifespan=lifespan)
     authenticate = Authenticator(gateway)
     _register_errors(app)
     Auth = Header(None, alias="authentication", description=AUTH_DOC)
@@ -158,6 +164,16 @@ def create_app(gateway: Gateway) -> FastAPI:
         answer = await run_in_threadpool(lambda: gateway.pull(system, imgtype, tag, caller, tokens=tokens,
                                                               body=body))
         return json_response(answer.record, exit_code=answer.exit_code)
+
+    @app.post("/api/doimport/{system}/{imgtype}/{tag:path}/", openapi_extra=IMPORT_BODY,
+              responses=RECORD)  # type: ignore[arg-type]
+    async def doimport(request: Request, system: str, imgtype: str, tag: str,
+                       authentication: str | None = Auth) -> Response:
+        caller, _tokens = authenticate(system, authentication)
+        body = await _body(request)
+        from starlette.concurrency import run_in_threadpool  # noqa: PLC0415
+        record = await run_in_threadpool(lambda: gateway.doimport(system, imgtype, tag, caller, body))
+        return json_response(record)
 
     @app.get("/api/list/{system}/")
     def images(system: str, authentication: str | None = Auth) -> Response:

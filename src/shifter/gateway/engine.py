@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import functools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -30,11 +32,11 @@ from shifter.gateway import nersc
 from shifter.gateway.acl import PUBLIC, ImageAcl, resolve_acl
 from shifter.gateway.gwconfig import GatewayConfig, SystemConfig
 from shifter.gateway.jobs import Job, JobSink, JobTable, describe
-from shifter.gateway.pglock import pull_lock
 from shifter.gateway.records import Status
 from shifter.gateway.repository import ImageRepository
 from shifter.gateway.service import ImageService
 from shifter.gateway.stores import Caller, choose_store
+from shifter.gateway.taglock import pull_lock
 from shifter.gateway.usage import UsageTable
 from shifter.oci.reference import ImageRef, parse_image_arg
 from shifter.store import publish
@@ -97,7 +99,7 @@ class SystemService:
     def metadata(self, image_id: str) -> dict[str, Any] | None:
         """A READY image's metadata (cached while its json file is unchanged); None when not READY."""
         try:
-            stamp = self.store.metadata_path(image_id).stat().st_mtime_ns
+            stamp = os.stat(self.store.metadata_file(image_id)).st_mtime_ns
         except OSError:
             return None
         cached = self._meta.get(image_id)
@@ -287,7 +289,7 @@ class Gateway:
         sink = JobSink(job)
         try:
             waiting = lambda: sink.phase("wait", "another gateway instance is pulling this tag")  # noqa: E731
-            with pull_lock(sysvc.repo.engine, sysvc.system.name, ref, waiting):
+            with pull_lock(sysvc.repo.engine, sysvc.store.locks_dir, sysvc.system.name, ref, waiting):
                 record = sysvc.puller(tokens).pull(f"docker:{ref}", job.caller, sink, acl=acl)
             job.image_id = record.id
             meta = sysvc.store.read_metadata(record.id)
@@ -311,6 +313,41 @@ class Gateway:
         meta = sysvc.metadata(job.image_id) if job.image_id and job.status == "READY" else None
         return nersc.record(system=sysvc.system.name, itype=itype, tags=[job.key[1]], status=job.status,
                             image_id=job.image_id, metadata=meta, message=job.message)
+
+    # --- import ------------------------------------------------------------------------
+    def doimport(self, system: str, itype: str, tag: str, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """Import a squashfs file of the caller's on the gateway host as ``tag`` (``import_users`` only)."""
+        from shifter.gateway import squashimport as imp  # noqa: PLC0415
+
+        sysvc = self.system(system)
+        ref = normalise(itype, tag)
+        admin = sysvc.is_admin(caller)
+        users = self.config.import_users
+        if not admin and "all" not in users and caller.username not in users:
+            raise AccessDeniedError(f"{caller.username} may not import images on {system}",
+                                    hint="ask an admin to add you to import_users in the gateway config")
+        if body.get("format", "squashfs") != "squashfs":
+            raise UsageError("only format squashfs can be imported", hint='send "format": "squashfs"')
+        acl = requested_acl(body, caller) or PUBLIC
+        self._fresh_ready(sysvc, ref, caller, acl)  # refuses a tag of someone else's private image
+        image_id, work, size = imp.copy_into_store(imp.open_import_file(body.get("filepath"), caller, admin),
+                                                   sysvc.store)
+        with publish.image_lock(sysvc.store, image_id):
+            metadata = imp.import_metadata(image_id, ref, size, acl.to_json())
+            publish.publish_image(sysvc.store, image_id, work, metadata)
+            sysvc.repo.set_status(image_id, Status.READY, "imported", digest=f"sha256:{image_id}", type="docker",
+                                  source=ref, owner=caller.username, size=size, acl=metadata["acl"],
+                                  created="", pulled_at=dt.datetime.now(dt.UTC).replace(tzinfo=None))
+            with publish.tags_lock(sysvc.store):
+                publish.set_tag(sysvc.store, "docker", ref, image_id)
+                sysvc.repo.set_tag("docker", ref, image_id, caller.username, None)
+        nersc.write_meta(sysvc.store.root, image_id, metadata)
+        if sysvc.system.transfer == "rsync":
+            from shifter.gateway.transfer import send_image  # noqa: PLC0415
+            send_image(sysvc.system, sysvc.store.root, image_id)
+        sysvc.usage.touch(image_id)
+        return nersc.record(system=system, itype=itype, tags=[ref], status="READY", image_id=image_id,
+                            metadata=metadata, message="imported")
 
     # --- removal and expiry ----------------------------------------------------------
     def remove(self, system: str, itype: str, tag: str, caller: Caller) -> list[str]:

@@ -47,6 +47,7 @@ class GatewayConfig:
     systems: dict[str, SystemConfig]
     database_url: str = ""
     workers: int = 2
+    http_workers: int = 1  # processes answering HTTP (lookups/s scale with them; each has `workers` pull threads)
     expire_after: int = 90 * 86400  # seconds an image may stay unused (no lookup, no pull); 0: never
     pull_update_timeout: int = 300  # a READY tag is re-checked against the registry after this long
     pull_timeout: int = 3600  # a pull with no heartbeat for this long is failed (then pulled again)
@@ -96,8 +97,8 @@ def parse_gateway_config(site: SiteConfig, data: dict[str, Any], source: str = "
     for key, value in data.items():
         values[key] = _typed(key, value, source)
     config = GatewayConfig(site, systems, source=source, **values)
-    if config.workers < 1:
-        raise ConfigError(f"{source}: workers must be at least 1", hint=_HINT)
+    if config.workers < 1 or config.http_workers < 1:
+        raise ConfigError(f"{source}: workers and http_workers must be at least 1", hint=_HINT)
     return config
 
 
