@@ -42,7 +42,8 @@ def _make_scanner() -> Any:
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse a JSON document like ``json.loads`` (same result, same errors)."""
+    """Parse a JSON document like ``json.loads`` (same result, same errors; a document nested too
+    deeply is a :class:`NestingError`, a ``ValueError``, instead of a ``RecursionError``)."""
     scanner = _scanner if _scanner is not None else _make_scanner()
     if scanner and isinstance(text, str):
         start = len(text) - len(text.lstrip(_WHITESPACE))
@@ -63,7 +64,15 @@ def loads(text: str | bytes) -> Any:
                 return loads(decoded)
     import json  # noqa: PLC0415  (rare: no accelerator, or a document that does not parse)
 
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except RecursionError:  # `[` x 100000: a hostile document, not a bug
+        raise NestingError("JSON nested too deeply") from None
+
+
+class NestingError(ValueError):
+    """A JSON document nested deeper than the parser's recursion limit (a ``ValueError``, as
+    every other malformed document)."""
 
 
 def _plain_utf8(data: bytes | bytearray) -> bool:
@@ -71,4 +80,4 @@ def _plain_utf8(data: bytes | bytearray) -> bool:
     return b"\x00" not in data[:4]
 
 
-__all__ = ["loads"]
+__all__ = ["NestingError", "loads"]

@@ -25,10 +25,17 @@ can do about it.
     ├── StoreError                    exit 13  image store problems
     │   └── DiskFullError             exit 14  ENOSPC / quota while writing
     ├── VolumeError                   exit 15  bad --volume spec (runtime)
-    └── ContainerError                exit 16  building / entering the container failed
+    ├── ContainerError                exit 16  building / entering the container failed
+    └── Interrupted                   exit 130 stopped by Ctrl-C (with what was done about it)
+
+Anything else that reaches a command's boundary is a bug: exit 70 (``shifter.cli.boundary``).
 """
 
 from __future__ import annotations
+
+#: The hint of every :class:`DiskFullError` of the image store, whichever step filled it up.
+DISK_FULL_HINT = ("free space in the image store (remove old images with 'shifterimg rm', or ask an admin), "
+                  "then pull again")
 
 
 class ShifterError(Exception):
@@ -125,3 +132,9 @@ class VolumeError(ShifterError):
 
 class ContainerError(ShifterError):
     exit_code = 16
+
+
+class Interrupted(ShifterError):
+    """Ctrl-C, reported with what it stopped (e.g. ``shifter``'s automatic pull)."""
+
+    exit_code = 130

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from shifter.errors import DISK_FULL_HINT
 from tests.fixtures.images import MT_OCI_CONFIG, MT_OCI_MANIFEST, OCILayout, file, layer_tar, push, raw_layer
 from tests.fixtures.registry import Registry
 from tests.integration.test_shifterimg_cli import one_error_line, shifterimg, snapshot
@@ -184,3 +185,25 @@ def test_disk_full_while_converting_exit_14(capsys: pytest.CaptureFixture[str], 
     ref = _big_random_image(registry, tmp_path, "too-big-convert")
     _assert_disk_full(capsys, tiny_store, ref, previous_ref, previous)
     assert any(cache.rglob("*")), "the download went to the cache outside the full store"
+
+
+@pytest.mark.parametrize("builder", ["tar2sqfs", "mksquashfs"])
+def test_store_full_during_conversion_is_exit_14_whichever_builder(
+        builder: str, capsys: pytest.CaptureFixture[str], store: Path, site_config: Path, registry: Registry,
+        tmp_path: Path) -> None:
+    """A store with more room than the builder's slack check (tar2sqfs deletes its output when it
+    fails, and says only "I/O error"): still exit 14, with the same message and hint."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(store)], check=True)
+    try:
+        with open(site_config, "a") as conf:
+            conf.write(f"cacheDir={tmp_path / 'cache'}\nsquashfsBuilder={builder}\n")
+        layout = OCILayout(tmp_path / "layout")
+        layout.add_image("t", [layer_tar([file("data/random.bin", os.urandom(32 * 1024 * 1024))])])
+        ref = f"{registry.host}/errors/full-{builder}:1"
+        push(layout.root, "t", ref)
+        line = _fails_cleanly(capsys, store, ref, 14)
+        assert "no space left while writing" in line and line.endswith(f"(hint: {DISK_FULL_HINT})")
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from shifter.store.layout import ImageStore
 from tests.conftest import PushedImage
-from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, ensure_user, needs_tools
+from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, ensure_user, needs_tools, scratch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +28,7 @@ def world() -> Iterator[Path]:
         pytest.skip("needs root (creates users, loop mounts)")
     ensure_user()
     os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-pull-", dir="/tmp"))
+    base = scratch_dir("shifter-pull-")
     os.chmod(base, 0o755)
     for sub in ("site", "udi", "loop"):
         (base / sub).mkdir()

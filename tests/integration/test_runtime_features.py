@@ -30,6 +30,7 @@ from tests.fixtures.runtime import (
     loop_devices,
     needs_tools,
     publish,
+    scratch_dir,
     shifter_env,
 )
 
@@ -70,7 +71,7 @@ def site() -> Iterator[Site]:
     ensure_user()
     _ensure_group()
     os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-feat-", dir="/tmp"))
+    base = scratch_dir("shifter-feat-")
     os.chmod(base, 0o755)
     for sub in ("store/tags/docker", "userstore/tags/docker", "udi", "loop", "cache", "shared/sub"):
         (base / sub).mkdir(parents=True)
@@ -491,3 +492,25 @@ def test_prepared_container_with_user_store_image_and_cache_leaves_nothing(site:
                               check=False)
     assert down.returncode == 0, down.stderr
     assert _wait_gone(lambda: _leftovers(site)) == []
+
+
+@MODES
+def test_missing_workdir_is_said_on_stderr(site: Site, runner: Runner) -> None:
+    """``--workdir=/nonexistent`` runs in ``/`` (as NERSC Shifter does), and says so on stderr."""
+    res = runner(site, "--workdir=/nonexistent", "sh", "-c", "pwd")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "/"
+    assert "shifter: warning: working directory /nonexistent does not exist in the container; using /" \
+        in res.stderr
+
+
+def test_missing_loop_mount_is_named_not_blamed_on_fuse(site: Site) -> None:
+    """Unprivileged ``shifter`` with the configured loopMount missing says which directory is
+    missing, instead of "squashfuse and a usable /dev/fuse are needed"."""
+    config = site.root / "udiRoot-noloop.conf"
+    _write_config(config, site.root)
+    missing = site.root / "no-such-loop"
+    config.write_text(config.read_text().replace(f"loopMount={site.root / 'loop'}", f"loopMount={missing}"))
+    res = run_user(site, "true", config=config)
+    assert res.returncode == 16, res.stderr
+    assert f"loopMount {missing} does not exist" in res.stderr and "squashfuse" not in res.stderr.split("hint")[-1]

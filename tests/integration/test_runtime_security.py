@@ -30,6 +30,7 @@ from tests.fixtures.runtime import (
     ensure_user,
     needs_tools,
     publish,
+    scratch_dir,
     shifter_env,
 )
 
@@ -57,7 +58,7 @@ def site() -> Iterator[Site]:
         pytest.skip("needs root")
     ensure_user()
     os.chmod("/dev/fuse", 0o666)  # the normal mode on clusters; no udev here
-    base = Path(tempfile.mkdtemp(prefix="shifter-rt-", dir="/tmp"))
+    base = scratch_dir("shifter-rt-")
     store, udi, loop = base / "store", base / "udi", base / "loop"
     for path in (store / "tags/docker", udi, loop):
         path.mkdir(parents=True)
@@ -296,7 +297,7 @@ def test_prepared_container_is_entered_without_privilege_and_torn_down(site: Sit
         assert res.returncode == 0, res.stderr
         assert "CapEff:\t0000000000000000" in res.stdout and "NoNewPrivs:\t1" in res.stdout
         # different options: a private container, still fine
-        other = run_user(site, f"--volume={site.root}:/extra", "ls", "/extra")
+        other = run_user(site, f"--volume={site.root / 'store'}:/extra", "ls", "/extra")
         assert other.returncode == 0, other.stderr
     finally:
         down = subprocess.run([str(VENV_BIN / "shifter-teardown")], env=env, capture_output=True, text=True,
@@ -309,7 +310,8 @@ def test_prepared_container_is_entered_without_privilege_and_torn_down(site: Sit
 PACKAGE_DIR = str(Path(__file__).resolve().parents[2] / "src")
 # Who and where the command runs, and with what: compared between the fast and the full path.
 INSIDE_SCRIPT = ("id -u; id -g; id -G; pwd; env | sort; grep -E '^(Cap|NoNewPrivs)' /proc/self/status; "
-                 "grep -q fuse.squashfuse /proc/self/mountinfo && echo private-container || echo prepared-tree")
+                 "grep ' /bin ' /proc/self/mountinfo | grep -q fuse.squashfuse "
+                 "&& echo private-container || echo prepared-tree")
 
 
 def _as_user(site: Site, cmd: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
@@ -360,7 +362,7 @@ def test_prepared_fast_path_gives_what_the_full_path_gives(site: Site) -> None:
             assert all(int(status[key], 16) == 0 for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"))
             assert status["NoNewPrivs"].strip() == "1"
         # Anything else (here another volume) still falls back, and then gets a private container.
-        other = _fast_only(site, [f"--image={site.image}", f"--volume={site.root}:/extra", "true"], "/")
+        other = _fast_only(site, [f"--image={site.image}", f"--volume={site.root / 'store'}:/extra", "true"], "/")
         assert "FALLBACK" in other.stdout, other.stdout + other.stderr
     finally:
         down = subprocess.run([str(VENV_BIN / "shifter-teardown")], env=env, capture_output=True, text=True,

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from tests.fixtures.gateway import GatewayProc, write_configs
 from tests.fixtures.images import busybox_entries, directory, file, layer_tar, push_image
 from tests.fixtures.munge import Munged, start_munged
 from tests.fixtures.registry import Registry
-from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, ensure_user, needs_tools
+from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, ensure_user, needs_tools, scratch_dir
 
 pytestmark = [pytest.mark.integration, needs_tools]
 SYS = "testsys"
@@ -32,8 +31,7 @@ def world() -> Iterator[Path]:
         pytest.skip("needs root (users, mounts)")
     ensure_user()
     os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-gwrt-", dir="/tmp"))
-    base.chmod(0o755)
+    base = scratch_dir("shifter-gwrt-")  # udiMount/loopMount may not lie in /tmp or /var/tmp
     for sub in ("udi", "loop"):
         (base / sub).mkdir()
     yield base

@@ -115,6 +115,17 @@ def test_rows_sorted_by_tag() -> None:
     assert [x.split()[-1] for x in format_image_rows(rows)] == ["alpha:1", "zeta:1"]
 
 
+def test_converting_status_keeps_the_columns_and_lines_name_their_store() -> None:
+    rows = [{**ROW, "tag": "docker.io/library/a:1", "status": "CONVERTING", "store": "user"},
+            {**ROW, "tag": "docker.io/library/b:1", "store": "site"},
+            {**ROW, "tag": "docker.io/library/c:1", "store": "user", "image_store": "site"}]
+    lines = format_image_rows(rows)
+    assert len({line.index("0123456789") for line in lines}) == 1  # the id column stays aligned
+    assert [line.split()[5] for line in lines] == ["a:1", "b:1", "c:1"]
+    assert [line.split(" [", 1)[1] for line in lines] == ["user]", "site]", "user tag -> site image]"]
+    assert not format_image_rows([{**ROW, "store": "site"}])[0].endswith("]")  # only the site store: as NERSC
+
+
 def test_familiar_names() -> None:
     assert familiar_name("docker.io/library/ubuntu:22.04") == "ubuntu:22.04"
     assert familiar_name("docker.io/nersc/app:1") == "nersc/app:1"
@@ -212,6 +223,14 @@ def test_login_password_stdin_writes_a_private_file(capsys: pytest.CaptureFixtur
     assert "s3cret" not in out
 
 
+def test_login_no_verify_says_it_did_not_check(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    code, out, _ = _run(capsys, ["login", "-u", "alice", "--password-stdin", "--no-verify", "127.0.0.1:9"])
+    assert code == 0 and "without checking them" in out and "succeeded" not in out
+
+
 def test_login_without_a_terminal_needs_password_stdin(capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
@@ -261,6 +280,21 @@ def test_rich_progress_from_many_threads() -> None:
     display.stop()
     assert "converting: building squashfs" in stream.getvalue()
     assert all(task.completed == 1000 for task in display.progress.tasks if task.fields.get("layer"))
+
+
+def test_rich_progress_bars_show_bytes_and_speed_at_80_columns() -> None:
+    stream = io.StringIO()
+    display = RichProgress(Console(file=stream, force_terminal=True, width=80, color_system=None))
+    display.phase("pulling", "downloading 3 layers (227.0 MB) of registry.example.org:5000/team/app:1")
+    digest = "sha256:" + "ab" * 32
+    display.layer_start(digest, 50 * 1024 * 1024)
+    display.layer_advance(digest, 20 * 1024 * 1024)
+    display.progress.console.print(display.progress.get_renderable())
+    lines = [line for line in stream.getvalue().splitlines() if layer_label(digest) in line]
+    assert lines and all(len(line) <= 80 for line in lines)
+    words = lines[-1].split()
+    assert "21.0/52.4" in words and words[-2] in ("?", "MB/s", "kB/s")  # bytes, speed ("?": none yet), time
+    assert "downloading 3 layers (227.0 MB) of registry.example.org:5000/team/app:1" in stream.getvalue()
 
 
 def test_progress_for_picks_the_display() -> None:

@@ -7,15 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from shifter.config import site
 from shifter.config.site import (
+    SYSTEM_BIND_SOURCES,
     SiteConfig,
     check_file_trust,
+    check_mount_dirs,
     expand_user_path,
     load_config,
     parse_config,
     parse_lines,
 )
 from shifter.errors import ConfigError
+from shifter.runtime.plan import SYSTEM_BINDS
 
 
 def test_format_comments_continuation() -> None:
@@ -76,11 +80,36 @@ def test_values() -> None:
         config.module("zzz")
 
 
-def test_defaults_when_missing(tmp_path: Path) -> None:
+def test_defaults_when_default_file_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "none.conf"
-    assert load_config(str(path)) == SiteConfig(source=str(path))
+    monkeypatch.setattr(site, "DEFAULT_CONFIG_PATH", str(path))
+    monkeypatch.delenv("SHIFTER_CONFIG", raising=False)
+    assert load_config(privileged=False) == SiteConfig(source=str(path))
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(str(path), privileged=True)
+        load_config(privileged=True)
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_named_config_that_is_missing_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  privileged: bool) -> None:
+    path = tmp_path / "none.conf"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(path), privileged=privileged)
+    monkeypatch.setenv("SHIFTER_CONFIG", str(path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(privileged=privileged)
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_config_that_is_a_directory_or_link_is_refused(tmp_path: Path, privileged: bool) -> None:
+    if privileged and os.geteuid() != 0:
+        pytest.skip("the trust check wants a root-owned file")
+    (tmp_path / "real.conf").write_text("system=x\n")
+    (tmp_path / "link.conf").symlink_to("real.conf")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(str(tmp_path), privileged=privileged)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        load_config(str(tmp_path / "link.conf"), privileged=privileged)
 
 
 def test_load_and_trust(tmp_path: Path) -> None:
@@ -108,3 +137,41 @@ def test_check_file_trust_owner(tmp_path: Path) -> None:
 def test_expand_user_path() -> None:
     assert expand_user_path("~/.local/x", "/home/a") == Path("/home/a/.local/x")
     assert expand_user_path("/abs/x", "/home/a") == Path("/abs/x")
+
+
+# --- udiMount/loopMount outside every tree a container binds -------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "udiMount=/tmp/udi\n", "loopMount=/tmp/shifter/loop\n", "udiMount=/var/tmp/x\n", "loopMount=/dev/shm/l\n",
+    "udiMount=/proc/x\n", "udiMount=/sys/fs/x\n", "udiMount=/tmp\n", "udiMount=/\n",
+    "siteFs=/scratch:/scratch\nudiMount=/scratch/udi\n", "siteFs=/var/lib\n",
+    'siteFs="/var/lib/shifter:/s:ro"\n', "siteFs=/a:/a;/var:/hostvar\n",
+    "module_m_siteFs=/var/lib/shifter/loopMount:/l\n",
+    "udiMount=/srv/u\nloopMount=/srv/u/loop\n",
+], ids=lambda text: text.strip().replace("\n", " "))
+def test_setup_tree_under_a_tree_containers_bind_is_refused(text: str) -> None:
+    config = parse_config(text, "u.conf")
+    with pytest.raises(ConfigError) as info:
+        check_mount_dirs(config)
+    assert info.value.message.startswith("u.conf: ") and "overlap" in info.value.message
+    assert info.value.hint
+
+
+@pytest.mark.parametrize("text", [
+    "", "siteFs=/home;/global/scratch:/scratch:rec\n", "udiMount=/srv/udi\nloopMount=/srv/loop\n",
+    "siteFs=/var/lib/other:/o\n", "udiMount=/tmpfoo/u\n", "siteFs=/var/lib/shifterx:/x\n",
+])
+def test_setup_tree_elsewhere_is_accepted(text: str) -> None:
+    check_mount_dirs(parse_config(text, "u.conf"))
+
+
+def test_system_bind_sources_are_the_plans() -> None:
+    assert tuple(bind[0] for bind in SYSTEM_BINDS) == SYSTEM_BIND_SOURCES
+
+
+def test_registry_timeout_is_connect_idle_total_seconds() -> None:
+    assert SiteConfig().registry_timeout == (10, 30, 3600)
+    assert parse_config("registryTimeout=5, 20 ,600\n").registry_timeout == (5, 20, 600)
+    for bad in ("5,20", "0,1,2", "a,b,c", "1,2,3,4", "-1,2,3"):
+        with pytest.raises(ConfigError, match="registryTimeout"):
+            parse_config(f"registryTimeout={bad}\n")

@@ -106,3 +106,13 @@ def test_reference_module_is_light() -> None:
     code = "import sys, shifter.oci.reference; print('httpx' in sys.modules, 'hashlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.split()[0] == "False"
+
+
+@pytest.mark.parametrize("text", ["dokcer:ubuntu:22.04", "foo:bar/baz", "foo:bar:1"])
+def test_unknown_image_type_is_named(text: str) -> None:
+    with pytest.raises(ImageReferenceError, match=r"unknown image type '(dokcer|foo)' \(docker, id, local\)"):
+        parse_image_arg(text)
+
+
+def test_host_port_is_not_an_image_type() -> None:
+    assert parse_image_arg("localhost:5000/x:1")[0] == "docker"

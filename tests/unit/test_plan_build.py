@@ -191,3 +191,24 @@ def test_prepared_entry_has_no_mounts() -> None:
 def test_tree_ops_stop_before_entering() -> None:
     ops = p.tree_ops(make_spec(privileged=True), CONFIG, {})
     assert {op.phase for op in ops} <= {"image", "root", "system", "site", "user", "remount"}
+
+
+def test_every_bind_takes_the_whole_tree_with_its_flags() -> None:
+    vols = (VolumeSpec("/site", "/site", origin="site"), VolumeSpec("/data", "/in", read_only=True))
+    binds = {b.target: b for b in ops_of(p.build_plan(make_spec(volumes=vols), CONFIG), p.Bind)}
+    assert binds["/proc"].flags == binds["/sys"].flags == ("nosuid", "nodev", "noexec")
+    assert binds["/dev"].flags == ("nosuid", "nodev", "noexec") and binds["/dev"].devices
+    assert not any(b.devices for target, b in binds.items() if target != "/dev")
+    for target in ("/tmp", "/var/tmp", "/site", "/in"):
+        assert binds[target].flags == ("nosuid", "nodev"), target
+    assert binds["/in"].read_only and not binds["/site"].read_only
+
+
+@pytest.mark.parametrize("source", ["/", "/var", "/var/udi", "/var/udi/etc", "/var/loop/x"])
+def test_user_volume_holding_the_container_tree_is_refused(source: str) -> None:
+    with pytest.raises(VolumeError, match="where the container is built"):
+        p.build_plan(make_spec(volumes=(VolumeSpec(source, "/data"),)), CONFIG)
+
+
+def test_user_volume_next_to_the_container_tree_is_fine() -> None:
+    p.build_plan(make_spec(volumes=(VolumeSpec("/var/udix", "/a"), VolumeSpec("/var/lib", "/b"))), CONFIG)

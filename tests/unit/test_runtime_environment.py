@@ -16,6 +16,7 @@ from shifter.runtime.environment import (
     PRIVILEGED_ENV,
     EnvRules,
     compose_environment,
+    identity_env,
     is_unsafe_name,
     parse_assignment,
     parse_env_file,
@@ -173,3 +174,16 @@ def test_rules_from_config() -> None:
     site = EnvRules.from_site(config)
     assert site.set == ("A=1", "B=2") and site.append == ("PATH=/s",) and site.unset == ("X",)
     assert EnvRules.from_module(config.module("m")).prepend == ("PATH=/m",)
+
+
+def test_identity_fills_what_the_caller_lacks_or_replaces_all_for_another_user() -> None:
+    ident = identity_env(Identity(7, 7, (7,), "bob", "/home/bob", "/bin/zsh"))
+    assert ident == (("HOME", "/home/bob"), ("USER", "bob"), ("LOGNAME", "bob"), ("SHELL", "/bin/zsh"))
+    root_env = {"HOME": "/root", "USER": "root", "X": "1"}
+    own = dict(compose_environment(root_env, identity=ident).env)
+    assert (own["HOME"], own["USER"], own["LOGNAME"], own["SHELL"]) == ("/root", "root", "bob", "/bin/zsh")
+    other = dict(compose_environment(root_env, identity=ident, replace_identity=True, image=["HOME=/img"]).env)
+    assert (other["HOME"], other["USER"], other["LOGNAME"]) == ("/img", "bob", "bob")  # image ENV still wins
+    cleared = dict(compose_environment(root_env, clearenv=True, identity=ident).env)
+    assert cleared == dict(ident)
+    assert "SHELL" not in dict(identity_env(Identity(7, 7, (), "bob", "/home/bob")))

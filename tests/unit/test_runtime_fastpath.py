@@ -26,6 +26,7 @@ from shifter.config import site as site_config
 from shifter.config.site import SiteConfig, load_config, parse_config
 from shifter.errors import AccessDeniedError, ShifterError
 from shifter.runtime import prepared, request
+from shifter.runtime.environment import identity_env
 from shifter.runtime.images import check_access
 from shifter.runtime.linux import fastpath
 from shifter.runtime.options import parse_options
@@ -34,7 +35,8 @@ from shifter.runtime.spec import Identity
 
 IMAGE_ID = "5e" * 32
 ROOT = Identity(uid=0, gid=0, groups=(0,), user="root", home="/root")
-ALICE = Identity(uid=5001, gid=5001, groups=(5001, 6000), user="alice", home="/nonexistent/alice")
+ALICE = Identity(uid=5001, gid=5001, groups=(5001, 6000), user="alice", home="/nonexistent/alice",
+                 shell="/bin/zsh")
 BOB = Identity(uid=5002, gid=5002, groups=(5002,), user="bob", home="/nonexistent/bob")
 META: dict[str, Any] = {
     "schema": 1, "status": "READY", "id": IMAGE_ID,
@@ -117,7 +119,8 @@ def fast_path(record: dict[str, Any], argv: list[str], environ: dict[str, str], 
     req = fastpath.parse_request(argv, environ)
     if req is None:
         return None
-    entry = fastpath.decide(req, record, environ, (caller.uid, caller.gid), groups=list(caller.groups), cwd=cwd)
+    entry = fastpath.decide(req, record, environ, (caller.uid, caller.gid), groups=list(caller.groups), cwd=cwd,
+                            account=list(identity_env(caller)))
     return None if entry is None else (entry.argv, entry.env, entry.candidates)
 
 
@@ -131,6 +134,9 @@ SAME = [
     (["--image=app:1"], {}, ["--image=app:1", "--env=A=1", "-e", "B==2", "-eSHARED=cli", "--env", "PATH=/p"],
      {}, "/tmp"),
     (["--image=app:1"], {}, ["--image=app:1", "-E", "--clearenv", "env"], {}, "/tmp"),
+    (["--image=app:1"], {}, ["--image=app:1", "-E", "env"], {"USER": "x", "SHELL": "/bin/csh"}, "/tmp"),
+    (["--image=app:1"], {}, ["--image=app:1", "env"], {"USER": "someone", "LOGNAME": "x", "SHELL": "/bin/csh"},
+     "/tmp"),
     (["--image=app:1"], {}, ["--image=app:1", "--workdir=/data/./x//y/", "pwd"], {}, "/tmp"),
     (["--image=app:1"], {}, ["--image=app:1", "--workdir", "pwd"], {}, "/tmp"),
     (["--image=app:1"], {}, ["--image=app:1", "-w", "/", "pwd"], {}, "/tmp"),
@@ -397,3 +403,27 @@ def test_command_lookup_is_execvpes(monkeypatch: pytest.MonkeyPatch, file: str, 
             run()
         outcomes.append((list(tried), type(caught.value), caught.value.errno))
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("clearenv", [False, True], ids=["env", "clearenv"])
+def test_identity_variables_come_from_the_callers_passwd_entry(site: Site, clearenv: bool) -> None:
+    record = prepare(site, "--image=app:1")
+    argv = ["--image=app:1", *(["-E"] if clearenv else []), "env"]
+    expected = full_path(site, record, argv, CALLER_ENV, "/")
+    assert expected is not None
+    env = expected[1]
+    assert (env["USER"], env["LOGNAME"], env["SHELL"]) == ("alice", "alice", "/bin/zsh")
+    assert env["HOME"] == ("/nonexistent/alice" if clearenv else "/home/alice")  # the caller's own stays
+    assert fast_path(record, argv, CALLER_ENV, "/") == expected
+
+
+def test_caller_without_a_passwd_entry_goes_to_the_full_path_when_an_identity_variable_is_missing(
+        site: Site) -> None:
+    record = prepare(site, "--image=app:1")
+    req = fastpath.parse_request(["--image=app:1", "-E", "env"], CALLER_ENV)
+    assert req is not None
+    assert fastpath.decide(req, record, CALLER_ENV, (ALICE.uid, ALICE.gid), groups=[], cwd="/") is None  # no uid 5001
+
+
+def test_identity_pairs_match_identity_env() -> None:
+    assert fastpath.identity_pairs(0) == list(identity_env(request.lookup_identity("0")))

@@ -88,8 +88,34 @@ def test_environment_order_in_spec(config: SiteConfig, env_dir: Path) -> None:
 
 
 def test_clearenv(config: SiteConfig) -> None:
-    env = dict(spec(config, "-E", "-i", "app:1").env)
-    assert "HOME" not in env and env["IMG"] == "1"
+    env = dict(spec(config, "-E", "-i", "app:1", environ={"CALLER_ONLY": "1"}).env)
+    assert "CALLER_ONLY" not in env and env["IMG"] == "1"
+    # The identity variables are the user's, from the passwd entry (no SHELL: ALICE has none).
+    assert (env["HOME"], env["USER"], env["LOGNAME"]) == ("/nonexistent/alice", "alice", "alice")
+    assert "SHELL" not in env
+
+
+BOB_ENTRY = Identity(uid=5002, gid=5002, groups=(5002,), user="bob", home="/home/bob", shell="/bin/zsh")
+ROOT_ENV = {"HOME": "/root", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/bash", "MAIL": "/var/mail/root"}
+
+
+@pytest.mark.parametrize("clearenv", [False, True], ids=["env", "clearenv"])
+def test_root_acting_for_a_user_passes_the_users_identity_not_roots(config: SiteConfig, clearenv: bool) -> None:
+    s = spec(config, "-i", "app:1", "--user=bob", *(["-E"] if clearenv else []), caller=ROOT,
+             environ=ROOT_ENV, lookup_user=lambda _name: BOB_ENTRY)
+    env = dict(s.env)
+    assert (env["HOME"], env["USER"], env["LOGNAME"], env["SHELL"]) == ("/home/bob", "bob", "bob", "/bin/zsh")
+
+
+def test_the_callers_own_identity_variables_are_kept(config: SiteConfig) -> None:
+    env = dict(spec(config, "-i", "app:1", environ={"HOME": "/scratch/alice", "USER": "al"}).env)
+    assert (env["HOME"], env["USER"], env["LOGNAME"]) == ("/scratch/alice", "al", "alice")
+
+
+def test_image_env_and_env_option_still_override_the_identity(config: SiteConfig) -> None:
+    env = dict(spec(config, "-i", "app:1", "--user=bob", "-e", "HOME=/work", caller=ROOT, environ=ROOT_ENV,
+                    lookup_user=lambda _name: BOB_ENTRY).env)
+    assert env["HOME"] == "/work"
 
 
 def test_ld_preload_is_flagged(config: SiteConfig) -> None:

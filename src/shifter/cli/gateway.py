@@ -23,6 +23,7 @@ from typing import NoReturn
 
 import click
 
+from shifter.cli.boundary import EXIT_INTERRUPTED, exit_quietly, guard, usage_error, wants_verbose
 from shifter.config.site import load_config, parse_size
 from shifter.errors import ShifterError
 from shifter.gateway.repository import redact
@@ -36,7 +37,9 @@ def _service() -> ImageService:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="On an unexpected error, show its full trace.")
+@click.version_option(package_name="shifter", prog_name=PROG)
+def cli(verbose: bool) -> None:
     """Administer the image store that shifterimg and shifter use."""
 
 
@@ -52,6 +55,7 @@ def status(as_json: bool) -> None:
         "database": redact(service.choice.database_url),
         "cache": str(service.cache.root),
         "cache_bytes": service.cache.total_size(),
+        "partial_bytes": service.cache.partial_size(),
         "cache_max_bytes": service.config.cache_max_size,
         "images": dict(sorted(counts.items())),
     }
@@ -67,10 +71,13 @@ def status(as_json: bool) -> None:
 @cli.command()
 def recover() -> None:
     """Clean up after pulls whose process died (kill -9, node crash)."""
-    cleaned = _service().recover()
+    service = _service()
+    before = service.cache.partial_size()
+    cleaned = service.recover(partials=True)
     for image_id in cleaned:
         click.echo(f"recovered {image_id[:12]}: marked FAILED, work files removed")
-    click.echo(f"{len(cleaned)} interrupted pull(s) cleaned up")
+    click.echo(f"{len(cleaned)} interrupted pull(s) cleaned up; "
+               f"{before - service.cache.partial_size()} bytes of partial downloads removed")
 
 
 @cli.command()
@@ -79,8 +86,10 @@ def prune(max_size: str | None) -> None:
     """Delete least-recently-used blobs until the cache fits its size cap."""
     service = _service()
     limit = parse_size("--max-size", max_size) if max_size is not None else service.config.cache_max_size
+    freed = service.cache.clean_partials()  # left by pulls that died: never resumed by anyone now
     removed = service.cache.prune(max_size=limit)
-    click.echo(f"removed {len(removed)} blob(s); cache now {service.cache.total_size()} bytes")
+    click.echo(f"removed {len(removed)} blob(s) and {freed} bytes of partial downloads; "
+               f"cache now {service.cache.total_size()} bytes")
 
 
 @cli.command()
@@ -105,11 +114,16 @@ def run(argv: Sequence[str]) -> int:
         click.echo(f"{PROG}: error: {err.render()}", err=True)
         return err.exit_code
     except click.ClickException as err:
-        err.show()
-        return 2
+        command = err.ctx.command_path if isinstance(err, click.UsageError) and err.ctx else PROG
+        return usage_error(PROG, err.format_message(), command)
+    except click.exceptions.Abort:
+        click.echo(f"{PROG}: interrupted", err=True)
+        return EXIT_INTERRUPTED
     except click.exceptions.Exit as err:
         return err.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    sys.exit(run(sys.argv[1:] if argv is None else argv))
+    """Console entry point; any exception becomes one line and an exit code (:mod:`shifter.cli.boundary`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    exit_quietly(guard(PROG, lambda: run(args), verbose=wants_verbose(args)))

@@ -44,17 +44,29 @@ def _tag_column(row: dict[str, Any]) -> str:
     return text
 
 
+def _store_note(row: dict[str, Any]) -> str:
+    """`` [user]``, `` [site]``, or `` [user tag -> site image]`` (a pull the site store already had)."""
+    store, holder = str(row.get("store") or ""), str(row.get("image_store") or row.get("store") or "")
+    if store == holder:
+        return f" [{store}]" if store else ""
+    return f" [{store} tag -> {holder} image]"
+
+
 def format_image_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
     """NERSC's layout: ``%-10s %-10s %-8s %-.10s   %s %s`` (system, type, status, id, pulled, tag).
 
     Untagged images (a moved tag's old image, a failed pull) sort last as ``<none> (from SOURCE)``.
+    The status column widens for ``CONVERTING``.  When a per-user store is listed, each line ends
+    with the store it comes from (``[user]``, ``[site]``).
     """
+    width = max([8, *(len(str(row.get("status") or "")) for row in rows)])
+    several = any(row.get("store") == "user" for row in rows)
     lines = []
     for row in sorted(rows, key=lambda r: (not r.get("tag"), familiar_name(str(r.get("tag") or "")),
                                            str(r.get("id")))):
-        tag = _tag_column(row)
+        tag = _tag_column(row) + (_store_note(row) if several else "")
         system, kind, status = (str(row.get(k) or "") for k in ("system", "type", "status"))
-        lines.append(f"{system:<10} {kind:<10} {status:<8} {str(row.get('id', ''))[:10]:<10}   "
+        lines.append(f"{system:<10} {kind:<10} {status:<{width}} {str(row.get('id', ''))[:10]:<10}   "
                      f"{_local_time(row.get('pulled_at'))} {tag}")
     return lines
 

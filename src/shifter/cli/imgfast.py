@@ -71,7 +71,9 @@ def images_text(as_json: bool) -> str | None:
     if path is None or not os.path.isfile(path):
         return None  # PostgreSQL, or a store the full path has to create first
     records = sqlite_reader.list_images(path)
-    rows = primary_rows(records, choice.store, choice.kind, config.system)
+    if any(record.status.busy for record in records):
+        return None  # the full path first settles pulls whose puller died (ImageService.settle_dead_pullers)
+    rows = primary_rows(records, choice.store, choice.kind, config.system, elsewhere=choice.also_search)
     for other in choice.also_search:
         rows += store_rows(other, "site", config.system)
     if as_json:

@@ -30,6 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 
@@ -120,10 +121,14 @@ class RichProgress:
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        # At 80 columns the bytes and the speed must stay visible: the description column takes
+        # what is left (cut with an ellipsis), the bar is short, and the phases' long messages
+        # are printed as lines above the live display instead of widening its first column.
+        description = Column(no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
         self.progress = Progress(
-            SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"),
-            _LayersOnly(BarColumn()), _LayersOnly(DownloadColumn()), _LayersOnly(TransferSpeedColumn()),
-            TimeElapsedColumn(), console=console, transient=False)
+            SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}", table_column=description),
+            _LayersOnly(BarColumn(bar_width=16)), _LayersOnly(DownloadColumn()),
+            _LayersOnly(TransferSpeedColumn()), TimeElapsedColumn(), console=console, transient=False)
         self._tasks: dict[str, TaskID] = {}
         self._phase: TaskID | None = None
         self._bytes: dict[str, int] = {}
@@ -152,8 +157,9 @@ class RichProgress:
 
     def phase(self, name: str, message: str) -> None:
         self._finish_phase()
-        label = f"{name}: {message}" if message else name
-        self._phase = self.progress.add_task(label, total=None, layer=False)
+        if message:
+            self.progress.console.print(Text(f"{name}: {message}"), soft_wrap=True)
+        self._phase = self.progress.add_task(name, total=None, layer=False)
 
     def layer_start(self, digest: str, total: int) -> None:
         task = self._task(digest, total)

@@ -23,6 +23,10 @@ from shifter.errors import ContainerError, ShifterError, UsageError
 
 TYPE_CHECKING = False  # the plan module only for annotations: teardown stays light
 if TYPE_CHECKING:
+    from typing import Any
+
+    from shifter.config.site import SiteConfig
+    from shifter.runtime.linux.executor import Context
     from shifter.runtime.plan import Plan
 
 
@@ -97,7 +101,7 @@ def setup(argv: Sequence[str]) -> int:
     import dataclasses  # noqa: PLC0415
 
     from shifter.cli.shifter import caller_identity  # noqa: PLC0415
-    from shifter.config.site import config_path, load_config  # noqa: PLC0415
+    from shifter.config.site import check_mount_dirs, config_path, load_config  # noqa: PLC0415
     from shifter.runtime import etc, prepared  # noqa: PLC0415
     from shifter.runtime.linux import fastpath  # noqa: PLC0415
     from shifter.runtime.options import parse_options  # noqa: PLC0415
@@ -118,6 +122,7 @@ def setup(argv: Sequence[str]) -> int:
     # content this setup used (prepared.fast_section compares it again afterwards).
     config_state = _state_or_none(fastpath.file_state, config_path())
     config = load_config(privileged=True)
+    check_mount_dirs(config)
     spec = spec_from_options(opts, os.environ, config, caller_identity(), "/")  # type: ignore[arg-type]
     if prepared.read_record(config) is not None or prepared.is_mountpoint(config.udi_mount):
         raise ContainerError(f"a container is already prepared at {config.udi_mount}",
@@ -126,9 +131,14 @@ def setup(argv: Sequence[str]) -> int:
     # The image goes below a root-only guard at loopMount (see _guard_loop_mount).
     ops = tree_ops(spec, dataclasses.replace(config, loop_mount=_image_dir(config.loop_mount)),
                    etc.group_names(groups), etc.read_site_etc(config.etc_path), prepared=True)
-    _build_tree(config.udi_mount, config.loop_mount, Plan(tuple(ops), user_ids(spec, config)))
+    ctx = _build_tree(config.udi_mount, config.loop_mount, Plan(tuple(ops), user_ids(spec, config)))
     fast = prepared.fast_section(opts, spec, config, config_state)
-    prepared.write_record(config, prepared.make_record(spec, config, fast=fast))
+    record = prepared.make_record(spec, config, fast=fast)
+    if ctx.fuse_connection >= 0:
+        # squashfuse serves the tree as the user: shifter-teardown aborts this connection and
+        # stops the daemon, whatever state the user left it in.
+        record["fuse"] = {"connection": ctx.fuse_connection, "daemons": [list(d) for d in ctx.fuse_daemons]}
+    prepared.write_record(config, record)
     return 0
 
 
@@ -136,8 +146,12 @@ def _image_dir(loop_mount: str) -> str:
     return os.path.join(loop_mount, "image")
 
 
-def _build_tree(udi_mount: str, loop_mount: str, plan: Plan) -> None:
-    """Run ``plan`` in the host mount namespace; on failure, detach whatever it mounted."""
+def _build_tree(udi_mount: str, loop_mount: str, plan: Plan) -> Context:
+    """Run ``plan`` in the host mount namespace; on failure, detach whatever it mounted.
+
+    A squashfuse daemon run as the user is under a deadline while the plan runs (the executor
+    aborts its connection and kills it if it does not answer): the blocked step then fails, and
+    the lazy detach here never waits on the daemon."""
     from shifter.cli.shifter import warn  # noqa: PLC0415
     from shifter.runtime.linux import executor  # noqa: PLC0415
 
@@ -145,7 +159,7 @@ def _build_tree(udi_mount: str, loop_mount: str, plan: Plan) -> None:
         for path in (loop_mount, udi_mount):
             _private_mountpoint(path)
         _guard_loop_mount(loop_mount, _image_dir(loop_mount))
-        executor.run(plan, warn)
+        ctx = executor.run(plan, warn)
         # The tree's binds keep the image alive: the guard and the image mount go now.
         _detach(loop_mount, 2)
     except (ShifterError, OSError) as err:
@@ -154,6 +168,7 @@ def _build_tree(udi_mount: str, loop_mount: str, plan: Plan) -> None:
             raise
         raise ContainerError(f"cannot prepare the mounts at {loop_mount} and {udi_mount}: {err.strerror}",
                              hint="udiMount and loopMount must be directories (see udiRoot.conf)") from None
+    return ctx
 
 
 def _state_or_none(state: Callable[[str], list[int] | None], path: str) -> list[int] | None:
@@ -181,17 +196,43 @@ def teardown(argv: Sequence[str]) -> int:
         raise UsageError(f"unexpected arguments: {' '.join(argv)}",
                          hint="shifter-teardown takes no arguments")
     config = load_config(privileged=True)
+    _stop_fuse(config, prepared.read_record(config))
     teardown_paths(config.udi_mount, config.loop_mount)
     prepared.remove_record(config)
     return 0
 
 
+def _stop_fuse(config: SiteConfig, record: dict[str, Any] | None) -> None:
+    """Abort the recorded squashfuse connection (if a mount of the tree still uses it) and kill its
+    daemon.  The daemon runs as the user, who may have stopped it: the detach must not depend on
+    it, and nothing of the container may outlive the teardown."""
+    fuse = record.get("fuse") if record else None
+    if not isinstance(fuse, dict):
+        return
+    from shifter.runtime.linux import fusehelper  # noqa: PLC0415
+
+    number = fuse.get("connection")
+    tops = [path.rstrip("/") for path in (config.udi_mount, config.loop_mount)]
+    for conn, mountpoint in fusehelper.mounts():
+        if conn == number and any(mountpoint == top or mountpoint.startswith(top + "/") for top in tops):
+            try:
+                fusehelper.abort_connection(conn)
+            except OSError as err:
+                raise ContainerError(f"cannot abort the squashfuse connection {conn}: {err.strerror}") from None
+            break
+    for entry in fuse.get("daemons") or []:
+        if isinstance(entry, list) and len(entry) == 2 and all(type(v) is int for v in entry):
+            fusehelper.kill_daemon(entry[0], entry[1])
+
+
 def _run(prog: str, func: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
-    try:
-        return func(sys.argv[1:] if argv is None else argv)
-    except ShifterError as err:
-        sys.stderr.write(f"{prog}: error: {err.render()}\n")
-        return err.exit_code
+    """Run one command; any exception becomes one line and an exit code (``cli.boundary``)."""
+    from shifter.cli.boundary import guard, print_version, wants_verbose  # noqa: PLC0415
+
+    args = sys.argv[1:] if argv is None else argv
+    if list(args) == ["--version"]:
+        return print_version(prog)
+    return guard(prog, lambda: func(args), verbose=wants_verbose(args))
 
 
 def setup_main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import sys
 
 TYPE_CHECKING = False  # typing, collections: not on the launch path
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Mapping, Sequence
 
     from shifter.runtime.spec import Identity
@@ -38,11 +39,11 @@ def caller_identity() -> object:
     uid, gid = os.getuid(), os.getgid()
     try:
         entry = pwd.getpwuid(uid)
-        user, home = entry.pw_name, entry.pw_dir
+        user, home, shell = entry.pw_name, entry.pw_dir, entry.pw_shell
     except KeyError:
-        user, home = str(uid), os.environ.get("HOME", "/")
+        user, home, shell = str(uid), os.environ.get("HOME", "/"), ""
     groups = tuple(dict.fromkeys([gid, *os.getgroups()]))
-    return Identity(uid=uid, gid=gid, groups=groups, user=user, home=home)
+    return Identity(uid=uid, gid=gid, groups=groups, user=user, home=home, shell=shell)
 
 
 def current_dir() -> str:
@@ -117,17 +118,59 @@ def pull(request: str, privileged: bool, identity: "Identity | None" = None, tim
         extra, user_env = pull_as(identity)
         env.update(user_env)
     sys.stdout.flush()
+    child = subprocess.Popen(pull_command(request), env=env, cwd="/", stdin=subprocess.DEVNULL,
+                             stdout=sys.stderr.fileno(), **extra)  # type: ignore[call-overload]
+    returncode = wait_for_pull(child, request, timeout)
+    if returncode != 0:
+        raise ContainerError(f"pulling {request} failed (shifterimg exit status {returncode})",
+                             hint=f"run 'shifterimg pull {request}' to see why")
+
+
+PULL_GRACE_S = 30.0  # how long an interrupted pull may take to record its failure
+
+
+def wait_for_pull(child: "subprocess.Popen[bytes]", request: str, timeout: float | None = None) -> int:
+    """Wait for the ``shifterimg pull`` child, at most ``timeout`` seconds (then it is killed: it may
+    run as the user, who can stop it).  On Ctrl-C (which the terminal sends to the child too) let
+    it record its failure and clean up, instead of killing it: pass the interrupt on (in case only
+    we got it), wait a bounded time, then report one line."""
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from shifter.errors import ContainerError, Interrupted  # noqa: PLC0415
+
     try:
-        result = subprocess.run(pull_command(request), env=env, cwd="/", stdin=subprocess.DEVNULL,
-                                stdout=sys.stderr.fileno(), check=False, timeout=timeout,
-                                **extra)  # type: ignore[call-overload]
+        return child.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
         raise ContainerError(f"pulling {request} did not finish within {timeout:g} s; it was stopped",
                              hint=f"run 'shifterimg pull {request}' first, or ask the site to raise "
                                   "autoPullTimeout") from None
-    if result.returncode != 0:
-        raise ContainerError(f"pulling {request} failed (shifterimg exit status {result.returncode})",
-                             hint=f"run 'shifterimg pull {request}' to see why")
+    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the wait
+        try:
+            _stop_pull(child)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    raise Interrupted(f"interrupted while pulling {request}; the pull stopped and recorded it",
+                      hint=f"run 'shifterimg pull {request}' to pull it again (it resumes the download)")
+
+
+def _stop_pull(child: "subprocess.Popen[bytes]") -> None:
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    try:
+        child.wait(timeout=1.0)  # it got the terminal's SIGINT too
+        return
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGINT)
+    try:
+        child.wait(timeout=PULL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def run(argv: "Sequence[str]") -> int:
@@ -144,6 +187,10 @@ def run(argv: "Sequence[str]") -> int:
     if opts.help:
         sys.stdout.write(USAGE)
         return 0
+    if opts.version:
+        from shifter.cli.boundary import print_version  # noqa: PLC0415
+
+        return print_version(PROG)
     privileged = check_not_setuid()
     config = load_config(privileged=privileged)
     caller, cwd = caller_identity(), current_dir()
@@ -159,23 +206,22 @@ def run(argv: "Sequence[str]") -> int:
 
 def main(argv: "Sequence[str] | None" = None) -> int:
     """Console entry point.  Run as a command (``argv`` None), a prepared container that serves
-    this request is entered by the fast path; anything else takes the full path."""
-    if argv is None:
+    this request is entered by the fast path; anything else takes the full path.  Whatever is
+    raised becomes one line and an exit code (:mod:`shifter.cli.boundary`)."""
+    from shifter.cli.boundary import guard, wants_verbose  # noqa: PLC0415
+
+    args = sys.argv[1:] if argv is None else argv
+    return guard(PROG, lambda: _main(args, fast=argv is None), verbose=wants_verbose(args))
+
+
+def _main(args: "Sequence[str]", fast: bool) -> int | None:
+    if fast:
         from shifter.runtime.linux import fastpath  # noqa: PLC0415
 
-        status = fastpath.try_enter(sys.argv[1:])  # returns only if it did not enter
+        status = fastpath.try_enter(list(args))  # returns only if it did not enter
         if status is not None:
             return status
-    from shifter.errors import ShifterError  # noqa: PLC0415
-
-    try:
-        return run(sys.argv[1:] if argv is None else argv)
-    except ShifterError as err:
-        sys.stderr.write(f"{PROG}: error: {err.render()}\n")
-        return err.exit_code
-    except KeyboardInterrupt:
-        return 130
-
+    return run(args)
 
 if __name__ == "__main__":
     sys.exit(main())

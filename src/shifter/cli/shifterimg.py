@@ -22,6 +22,7 @@ from typing import IO, Any, NoReturn, cast
 import click
 import httpx
 
+from shifter.cli.boundary import EXIT_INTERRUPTED, exit_quietly, guard, usage_error, wants_verbose
 from shifter.cli.imagelist import familiar_name, format_image_rows
 from shifter.cli.progress import progress_for, timestamp
 from shifter.config.site import SiteConfig, load_config
@@ -41,9 +42,9 @@ from shifter.gateway.stores import Caller
 from shifter.registry.auth import RegistryAuth
 from shifter.registry.credentials import Credential, CredentialStore, normalize_registry
 from shifter.registry.endpoints import base_url, plain_http_allowed
+from shifter.registry.responses import request_failure
 
 PROG = "shifterimg"
-EXIT_INTERRUPTED = 130
 
 
 class LookupMissError(ShifterError):
@@ -267,11 +268,15 @@ def verify_login(config: SiteConfig, host: str, credential: Credential) -> None:
     auth = RegistryAuth(lambda _netloc: credential, lambda netloc: plain_http_allowed(netloc, config))
     url = f"{base_url(api_host, config)}/v2/"
     try:
-        with httpx.Client(auth=auth, timeout=30.0, follow_redirects=True) as client:
+        connect, idle, _total = config.registry_timeout
+        with httpx.Client(auth=auth, timeout=httpx.Timeout(float(idle), connect=float(connect)),
+                          follow_redirects=True) as client:
             response = client.get(url)
     except httpx.TransportError as err:
         raise RegistryUnavailableError(f"cannot reach registry {host}: {err}",
                                        hint="check the name and port, and that the registry is up") from None
+    except httpx.RequestError as err:  # a redirect loop
+        raise request_failure(host, err) from None
     if response.status_code in (401, 403):
         raise AuthenticationError(f"registry {host} rejected the credentials of {credential.username} "
                                   f"(HTTP {response.status_code})", hint="check the user name and password")
@@ -300,7 +305,11 @@ def login(app: App, registry: str | None, username: str | None, password_stdin: 
         verify_login(app.config, host, credential)
     store = CredentialStore()
     store.store(host, username, password)
-    click.echo(f"Login succeeded: credentials for {host} saved in {store.path}", file=app.out)
+    if no_verify:
+        click.echo(f"Credentials for {host} stored in {store.path} without checking them (--no-verify)",
+                   file=app.out)
+    else:
+        click.echo(f"Login succeeded: credentials for {host} saved in {store.path}", file=app.out)
 
 
 @cli.command()
@@ -325,8 +334,9 @@ def _report(err: ShifterError, verbose: bool) -> int:
 
 
 def _fail_usage(err: click.ClickException) -> int:
-    err.show()
-    return 2 if isinstance(err, click.UsageError) else err.exit_code
+    """One line, as every error (click would print the usage and a blank line first)."""
+    command = err.ctx.command_path if isinstance(err, click.UsageError) and err.ctx else PROG
+    return usage_error(PROG, err.format_message(), command)
 
 
 def run(argv: Sequence[str], app: App | None = None) -> int:
@@ -354,12 +364,10 @@ def run(argv: Sequence[str], app: App | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Console entry point: run the command; map errors to one line on stderr and an exit code."""
-    try:
-        code = run(sys.argv[1:] if argv is None else argv)
-    except BrokenPipeError:  # e.g. `shifterimg images | head -1`
-        code = 1
-    sys.exit(code)
+    """Console entry point: run the command; any exception becomes one line on stderr and an
+    exit code (:mod:`shifter.cli.boundary`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    exit_quietly(guard(PROG, lambda: run(args), verbose=wants_verbose(args)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ This module is imported on the ``shifter`` launch path: keep it free of heavy im
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -81,6 +82,9 @@ class SiteConfig(Record):
     # files, and the largest size a user may ask for (0: no limit).
     per_node_cache_path: str = "/var/tmp"
     per_node_cache_size_limit: int = 0
+    # Seconds root waits on a squashfuse daemon run as the user (an image of the per-user
+    # store): past it the FUSE connection is aborted and the setup fails (see runtime.md).
+    fuse_timeout: float = 30.0
     # --- image pipeline / gateway ---
     user_image_path: str = "~/.local/share/shifter/images"
     cache_dir: str = ""  # blob cache; default: <store>/cache
@@ -96,6 +100,9 @@ class SiteConfig(Record):
     max_image_size: int = 64 * 1024**3
     max_image_entries: int = 5_000_000
     download_concurrency: int = 4
+    # registryTimeout: seconds to connect, to wait for the next byte (idle read), and for one
+    # whole blob (total, retries included): a hung or trickling registry fails in bounded time.
+    registry_timeout: tuple[int, int, int] = (10, 30, 3600)
     registry_mirrors: tuple[tuple[str, str], ...] = ()  # (registry host, mirror base URL)
     insecure_registries: tuple[str, ...] = ()
     platform: str = ""  # default: the host's os/arch[/variant]
@@ -134,6 +141,16 @@ def _int(key: str, value: str) -> int:
         raise ConfigError(f"{key}={value!r} is not an integer") from None
     if number < 0:
         raise ConfigError(f"{key}={value!r} must not be negative")
+    return number
+
+
+def _seconds(key: str, value: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not a number of seconds") from None
+    if not 0 < number <= 86400:  # also refuses nan and inf
+        raise ConfigError(f"{key}={value!r} must be more than 0 and at most 86400 seconds")
     return number
 
 
@@ -179,6 +196,15 @@ def _module_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+def _timeouts(key: str, value: str) -> tuple[int, int, int]:
+    """``CONNECT,IDLE,TOTAL`` seconds (``registryTimeout``), each at least 1."""
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"{key}={value!r} is not CONNECT,IDLE,TOTAL seconds",
+                          hint="write e.g. registryTimeout=10,30,3600 (whole seconds, each at least 1)")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 def _abs_path(key: str, value: str) -> str:
     if not value.startswith("/"):
         raise ConfigError(f"{key}={value!r} must be an absolute path")
@@ -211,6 +237,7 @@ _KEYS: dict[str, tuple[str, object]] = {
     "autoPullTimeout": ("auto_pull_timeout", _int),
     "perNodeCachePath": ("per_node_cache_path", _abs_path),
     "perNodeCacheSizeLimit": ("per_node_cache_size_limit", parse_size),
+    "fuseTimeout": ("fuse_timeout", _seconds),
     "userImagePath": ("user_image_path", _STR),
     "cacheDir": ("cache_dir", _abs_path),
     "cacheMaxSize": ("cache_max_size", parse_size),
@@ -222,6 +249,7 @@ _KEYS: dict[str, tuple[str, object]] = {
     "maxImageSize": ("max_image_size", parse_size),
     "maxImageEntries": ("max_image_entries", _int),
     "downloadConcurrency": ("download_concurrency", _int),
+    "registryTimeout": ("registry_timeout", _timeouts),
     "insecureRegistries": ("insecure_registries", lambda _k, v: _split(v, None)),
     "platform": ("platform", _STR),
     "gatewayAdmins": ("gateway_admins", lambda _k, v: _split(v, None)),
@@ -365,15 +393,68 @@ def _validate_default_modules(config: SiteConfig) -> None:
                                   f"'{mod.name}' and '{clash[0]}'")
 
 
+# Host trees every container binds (``runtime.plan.SYSTEM_BINDS``; a test holds the two equal).
+SYSTEM_BIND_SOURCES = ("/proc", "/sys", "/dev", "/tmp", "/var/tmp")
+
+
+def paths_overlap(a: str, b: str) -> bool:
+    """True when one of two normalised absolute paths is the other or lies below it."""
+    return a == b or b.startswith(a.rstrip("/") + "/") or a.startswith(b.rstrip("/") + "/")
+
+
+def site_fs_sources(entries: tuple[str, ...]) -> list[str]:
+    """The host paths of ``siteFs`` entries (``src:dst[:flags]``, ``/path`` alone, ``"..."``),
+    normalised; what ``runtime.volumes`` parses, without its checks (it reports bad entries)."""
+    sources = []
+    for entry in entries:
+        item = entry.strip()
+        if len(item) >= 2 and item[0] == '"' and item[-1] == '"':
+            item = item[1:-1].strip()
+        source = item.split(":", 1)[0]
+        if source.startswith("/"):
+            sources.append(os.path.normpath(source))
+    return sources
+
+
+def check_mount_dirs(config: SiteConfig) -> None:
+    """``udiMount`` and ``loopMount`` must lie outside every host tree a container binds.
+
+    The container tree is built at ``udiMount`` (the image at ``loopMount``) while the host's
+    ``/tmp``, ``/var/tmp``, ``/dev``, ``/proc``, ``/sys`` and the ``siteFs`` sources are bound into
+    it recursively: below one of them, the tree would be bound into itself (and the image, a
+    private one included, shown at a second place).  Checked by the runtime before it mounts
+    anything (``runtime.launch.validate``, ``shifter-setup``), not when the file is parsed: the
+    image gateway and ``shifterimg`` do not build containers.
+    """
+    where = config.source or "udiRoot.conf"
+    hint = "put udiMount and loopMount where no container binds, e.g. under /var/lib/shifter"
+    mounts = (("udiMount", config.udi_mount), ("loopMount", config.loop_mount))
+    if paths_overlap(config.udi_mount, config.loop_mount):
+        raise ConfigError(f"{where}: udiMount {config.udi_mount} and loopMount {config.loop_mount} overlap",
+                          hint="use two separate directories, neither inside the other")
+    site = site_fs_sources(config.site_fs) + [src for mod in config.modules for src in site_fs_sources(mod.site_fs)]
+    for key, path in mounts:
+        for tree in SYSTEM_BIND_SOURCES:
+            if paths_overlap(path, tree):
+                raise ConfigError(f"{where}: {key} {path} overlaps {tree}, which every container binds "
+                                  "(the container tree would show up inside itself)", hint=hint)
+        for source in site:
+            if paths_overlap(path, source):
+                raise ConfigError(f"{where}: {key} {path} overlaps the siteFs source {source} "
+                                  "(the container tree would show up inside itself)", hint=hint)
+
+
 def check_file_trust(path: str, st: os.stat_result) -> None:
     """When running privileged, the config must be a root-owned regular file that is not
     group/world-writable."""
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{path} is not a regular file", hint="point SHIFTER_CONFIG at udiRoot.conf")
+        raise ConfigError(f"site configuration {path} is not a regular file",
+                          hint="point SHIFTER_CONFIG at udiRoot.conf")
     if st.st_uid != 0:
-        raise ConfigError(f"{path} is not owned by root", hint="chown root:root it; it controls privileged mounts")
+        raise ConfigError(f"site configuration {path} is not owned by root",
+                          hint="chown root:root it; it controls privileged mounts and stores")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(f"{path} is group- or world-writable", hint="chmod go-w it")
+        raise ConfigError(f"site configuration {path} is group- or world-writable", hint="chmod go-w it")
 
 
 def config_path(environ: dict[str, str] | None = None) -> str:
@@ -381,31 +462,55 @@ def config_path(environ: dict[str, str] | None = None) -> str:
     return env.get("SHIFTER_CONFIG") or DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str | None = None, *, privileged: bool = False) -> SiteConfig:
+_FILE_HINT = "SHIFTER_CONFIG (default /etc/shifter/udiRoot.conf) must name a readable udiRoot.conf file"
+
+
+def load_config(path: str | None = None, *, privileged: bool | None = None) -> SiteConfig:
     """Load the site configuration once.
 
-    ``path`` defaults to ``$SHIFTER_CONFIG`` or ``/etc/shifter/udiRoot.conf``.  A missing
-    file yields the built-in defaults (handy on a laptop), except when privileged, where
-    the trust check requires a real root-owned file.
+    ``path`` defaults to ``$SHIFTER_CONFIG`` or ``/etc/shifter/udiRoot.conf``.  Every tool
+    applies the same rules (``privileged`` defaults to "the effective uid is root"):
+
+    * a file that is *named* (``path`` or ``$SHIFTER_CONFIG``) must exist;
+    * a missing default file yields the built-in defaults (handy on a laptop), except when
+      privileged, where the trust check requires a real root-owned file;
+    * privileged, only a root-owned regular file that group and others cannot write is trusted
+      (it sets root's store, database and mount points); never through a symbolic link.
     """
-    path = path or config_path()
+    named = path or os.environ.get("SHIFTER_CONFIG") or ""
+    path = named or DEFAULT_CONFIG_PATH
+    if privileged is None:
+        privileged = os.geteuid() == 0
     try:
         # O_NONBLOCK: a FIFO named by SHIFTER_CONFIG must not hang us (it is refused below).
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
-        if privileged:
+        if privileged or named:
             raise ConfigError(f"site configuration {path} does not exist",
-                              hint="install etc/udiRoot.conf.example there and adapt it") from None
+                              hint="install etc/udiRoot.conf.example there and adapt it" if not named else
+                              "check SHIFTER_CONFIG, or unset it to use " + DEFAULT_CONFIG_PATH) from None
         return SiteConfig(source=path)
     except OSError as err:
-        raise ConfigError(f"cannot open site configuration {path}: {err.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
+        if err.errno == errno.ELOOP:
+            raise ConfigError(f"site configuration {path} is a symbolic link",
+                              hint="name the file itself; symbolic links are not followed") from None
+        raise ConfigError(f"cannot open site configuration {path}: {err.strerror}", hint=_FILE_HINT) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"site configuration {path} is a directory",
+                              hint="point SHIFTER_CONFIG at a udiRoot.conf file")
         if privileged:
             check_file_trust(path, st)
         elif not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"site configuration {path} is not a regular file")
-        data = handle.read(MAX_CONFIG_BYTES + 1)
+            raise ConfigError(f"site configuration {path} is not a regular file", hint=_FILE_HINT)
+        try:
+            data = _read_at_most(fd, MAX_CONFIG_BYTES + 1)
+        except OSError as err:  # e.g. /proc/self/mem: EIO
+            raise ConfigError(f"cannot read site configuration {path}: {err.strerror or err}",
+                              hint=_FILE_HINT) from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"site configuration {path} is larger than {MAX_CONFIG_BYTES} bytes")
     # Privileged, SHIFTER_CONFIG may name any root-owned file (/etc/shadow): never quote its
@@ -423,6 +528,18 @@ def load_config(path: str | None = None, *, privileged: bool = False) -> SiteCon
         raise
 
 
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def expand_user_path(path: str, home: str | None = None) -> Path:
     """Expand ``~`` in a configured per-user path (``home`` overrides the caller's)."""
     from pathlib import Path  # noqa: PLC0415  (pathlib is not on the launch path)
@@ -438,5 +555,6 @@ def expand_user_dir(path: str, home: str | None = None) -> str:
     return path
 
 
-__all__ = ["DEFAULT_CONFIG_PATH", "ModuleConfig", "SiteConfig", "check_file_trust", "config_path",
-           "expand_user_dir", "expand_user_path", "load_config", "parse_config", "parse_lines"]
+__all__ = ["DEFAULT_CONFIG_PATH", "SYSTEM_BIND_SOURCES", "ModuleConfig", "SiteConfig", "check_file_trust",
+           "check_mount_dirs", "config_path", "expand_user_dir", "expand_user_path", "load_config", "parse_config",
+           "parse_lines", "paths_overlap", "site_fs_sources"]

@@ -205,6 +205,10 @@ def _read_small(tar: tarfile.TarFile, info: tarfile.TarInfo, what: str) -> bytes
     return data
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 def _json(data: bytes, what: str) -> object:
     try:
         return json.loads(data)
@@ -523,8 +527,10 @@ def _open_tar(path: Path) -> tarfile.TarFile:
     except IsADirectoryError:
         raise ArchiveError(f"{path} is a directory",
                            hint="pack it first: tar -C DIR -cf image.tar . (an OCI layout)") from None
+    except tarfile.ReadError:  # its message lists every decompressor tried, on several lines
+        raise ArchiveError(f"{path} is not a readable tar archive (plain, gzip, bzip2 or xz)", hint=_HINT) from None
     except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise ArchiveError(f"{path} is not a readable tar archive: {err}", hint=_HINT) from None
+        raise ArchiveError(f"{path} is not a readable tar archive: {_one_line(err)}", hint=_HINT) from None
     except OSError as err:
         raise ArchiveError(f"cannot read {path}: {err.strerror or err}",
                            hint="check that the file exists and is readable") from None
@@ -549,7 +555,7 @@ def read_archive(path: str | os.PathLike[str], sink: BlobSink, tmp_dir: str | os
         try:
             index = _index_members(tar)
         except (tarfile.TarError, EOFError, zlib.error) as err:
-            raise ArchiveError(f"{path} is not a readable tar archive: {err}", hint=_HINT) from None
+            raise ArchiveError(f"{path} is not a readable tar archive: {_one_line(err)}", hint=_HINT) from None
         work = Path(tmp_dir)
         try:
             work.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shifter.errors import ConversionError, DiskFullError
+from shifter.errors import DISK_FULL_HINT, ConversionError, DiskFullError
 
 COMPRESSORS = ("gzip", "lz4", "lzo", "xz", "zstd", "lzma")
 _LEVELLED = {"gzip": (1, 9), "zstd": (1, 22), "lz4": None, "lzo": (1, 9), "xz": None, "lzma": None}
@@ -114,16 +114,20 @@ def build_squashfs(tree: Path, dest: Path, options: SquashfsOptions | None = Non
                               hint=f"check {dest.parent}") from None
 
 
+def disk_full(detail: str, dest: Path) -> DiskFullError:
+    """The store filled up while ``dest`` was written: one error, whichever builder ran."""
+    return DiskFullError(f"no space left while writing the squashfs image in {dest.parent.parent} ({detail})",
+                         hint=DISK_FULL_HINT)
+
+
 def _failure(result: RunResult, dest: Path) -> ConversionError | DiskFullError:
     lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip()]
     detail = lines[-1] if lines else f"exit status {result.returncode}"
     if any(marker in result.stderr.lower() for marker in _FULL_MARKERS):
-        return DiskFullError(f"no space left while writing the squashfs image ({detail})",
-                             hint=f"free space on the filesystem of {dest.parent.parent}, "
-                                  "or remove old images with 'shifterimg rm'")
+        return disk_full(detail, dest)
     return ConversionError(f"mksquashfs failed: {detail}",
                            hint="check the free space and the mksquashfs version (squashfs-tools >= 4.4)")
 
 
-__all__ = ["COMPRESSORS", "RunResult", "Runner", "SquashfsOptions", "available_cores", "build_squashfs",
+__all__ = ["COMPRESSORS", "RunResult", "Runner", "SquashfsOptions", "available_cores", "build_squashfs", "disk_full",
            "mksquashfs_argv", "run_subprocess"]

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from shifter.convert.squashfs import COMPRESSORS, SquashfsOptions, available_cores
+from shifter.convert.squashfs import COMPRESSORS, SquashfsOptions, available_cores, disk_full
 from shifter.errors import ConversionError, DiskFullError
 
 TAR2SQFS = "tar2sqfs"
@@ -103,6 +103,23 @@ def build_from_tar(write: TarWriter, dest: Path, options: SquashfsOptions | None
 
 
 def _run(argv: list[str], write: TarWriter, dest: Path) -> None:
+    # tar2sqfs (--force: it truncates and writes this very file) unlinks its output when it fails,
+    # and reports a full disk as "I/O error".  Holding the file open keeps its blocks allocated
+    # until the failure is judged, so the space left still shows that the disk filled up.
+    try:
+        hold = os.open(dest, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(exc.strerror or str(exc), dest) from None
+        raise ConversionError(f"tar2sqfs failed: cannot create {dest}: {exc.strerror or exc}",
+                              hint="check the permissions of the image store") from None
+    try:
+        _run_holding(argv, write, dest)
+    finally:
+        os.close(hold)
+
+
+def _run_holding(argv: list[str], write: TarWriter, dest: Path) -> None:
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
                                 bufsize=0)
@@ -156,9 +173,7 @@ def _failure(code: int, stderr: str, dest: Path) -> ConversionError | DiskFullEr
     detail = lines[-1] if lines else f"exit status {code}"
     # tar2sqfs 1.2 reports a full disk as "I/O error" (errno lost): also look at the space left.
     if any(marker in stderr.lower() for marker in _FULL_MARKERS) or _nearly_full(dest.parent):
-        return DiskFullError(f"no space left while writing the squashfs image ({detail})",
-                             hint=f"free space on the filesystem of {dest.parent.parent}, "
-                                  "or remove old images with 'shifterimg rm'")
+        return disk_full(detail, dest)
     return ConversionError(f"tar2sqfs failed: {detail}",
                            hint="check the free space and the squashfs-tools-ng version (>= 1.1), "
                                 "or set squashfsBuilder=mksquashfs")

@@ -57,7 +57,7 @@ class Converter:
         """Write the squashfs to ``partial``; returns its size."""
         size = None
         if self._stream is not None:
-            report(f"flattening {len(layers)} layers straight into squashfs ({self.config.squashfs_compression})")
+            report(f"flattening {layers_text(len(layers))} straight into squashfs ({self.config.squashfs_compression})")
             size = self._stream(layers, partial)
         if size is None:
             size = self._via_tree(image_id, layers, partial, report)
@@ -65,7 +65,7 @@ class Converter:
 
     def _via_tree(self, image_id: str, layers: Sequence[Path], partial: Path, report: Reporter) -> int:
         tree = publish.work_path(self.store, image_id, ".tree")
-        report(f"flattening {len(layers)} layers")
+        report(f"flattening {layers_text(len(layers))}")
         with publish.writing(f"creating {tree}"):
             tree.mkdir(mode=0o700)
         self._flatten(layers, tree)
@@ -97,3 +97,8 @@ class Converter:
         if builder == "auto" and plan.max_dir_entries > tar2sqfs.MAX_DIR_ENTRIES:
             return None
         return tar2sqfs.build_from_tar(lambda sink: write_tar(plan, layers, sink), dest, self._options())
+
+
+def layers_text(count: int) -> str:
+    """``1 layer``, ``3 layers``."""
+    return f"{count} layer" if count == 1 else f"{count} layers"

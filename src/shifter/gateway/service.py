@@ -41,7 +41,7 @@ from shifter.errors import (
     UsageError,
 )
 from shifter.gateway.acl import PUBLIC, ImageAcl
-from shifter.gateway.conversion import Converter, Flattener, SquashfsBuilder, StreamBuilder
+from shifter.gateway.conversion import Converter, Flattener, SquashfsBuilder, StreamBuilder, layers_text
 from shifter.gateway.listing import primary_rows, store_rows
 from shifter.gateway.models import ImageRecord, Status
 from shifter.gateway.progress import NullProgress, ProgressSink
@@ -113,6 +113,8 @@ class ImageService:
         image_id = _resolved_digest(resolved).split(":", 1)[1]
         top = getattr(resolved, "top_digest", None)
         record = self._point_tag_if_ready(image_type, str(ref), image_id, caller, progress, top=top, acl=acl)
+        if record is None:
+            record = self._share_site_image(image_type, str(ref), image_id, caller, progress, acl=acl)
         if record is not None:
             return record
         new_acl = self._new_image_acl(registry, ref, caller, acl, progress)
@@ -145,7 +147,7 @@ class ImageService:
             self._start(image_id, _resolved_digest(resolved), image_type=image_type, source=str(ref),
                         caller=caller, progress=progress)
             total = sum(int(d.size) for d in descriptors)
-            message = f"downloading {len(descriptors)} layers ({_mb(total)}) of {ref}"
+            message = f"downloading {layers_text(len(descriptors))} ({_mb(total)}) of {ref}"
             self.repo.set_status(image_id, Status.PULLING, message, compressed_size=total)
             progress.phase("pulling", message)
             cache = self._private_cache(image_id) if acl.private else self.cache
@@ -290,6 +292,31 @@ class ImageService:
         progress.phase("done", f"image {image_id[:12]} is READY as {image_type}:{tag}")
         return record
 
+    def _share_site_image(self, image_type: str, tag: str, image_id: str, caller: Caller,
+                          progress: ProgressSink, *, acl: ImageAcl | None = None) -> ImageRecord | None:
+        """A per-user pull of an image the site store has READY (and the caller may run): point the
+        user's tag at the site's image instead of keeping a second copy (docs/internals.md).  The
+        runtime, ``lookup`` and ``images`` follow such a tag into the site store; if the site removes
+        the image, they say to pull again.  A private pull (``-u``/``-g``) keeps its own copy."""
+        if self.choice.kind != "user" or acl is not None:
+            return None
+        for site in self.choice.also_search:
+            if not site.is_ready(image_id):
+                continue
+            meta = site.read_metadata(image_id)
+            if not ImageAcl.from_json(meta.get("acl")).allows(caller.uid, caller.gid, caller.groups):
+                continue
+            with publish.tags_lock(self.store):
+                publish.set_tag(self.store, image_type, tag, image_id)
+                self.repo.remove_tag(image_type, tag)  # the database only knows this store's images
+            progress.phase("done", f"image {image_id[:12]} is READY in the site store {site.root}; "
+                                   f"{image_type}:{tag} now points at it (no copy made)")
+            return ImageRecord(id=image_id, digest=str(meta.get("digest", f"sha256:{image_id}")),
+                               type=str(meta.get("type", image_type)), status=Status.READY,
+                               status_message=f"in the site store {site.root}", source=str(meta.get("source", "")),
+                               size=int(str(meta.get("size", 0))), acl=_acl(meta.get("acl")))
+        return None
+
     def _settle_acl(self, image_id: str, caller: Caller, requested: ImageAcl | None,
                     progress: ProgressSink) -> None:
         """Apply the ACL rules (:mod:`shifter.gateway.acl`) to a READY image; tags lock held.
@@ -366,20 +393,21 @@ class ImageService:
     def _failure_guard(self, image_id: str) -> _FailureGuard:
         return _FailureGuard(self, image_id)
 
-    def recover(self) -> list[str]:
-        """Clean the work files of pulls whose process died; mark them FAILED.  Returns their ids."""
+    def recover(self, *, partials: bool = False) -> list[str]:
+        """Clean the work files of pulls whose process died; mark them FAILED.  Returns their ids.
+
+        ``partials``: also delete the blob cache's partial downloads that no process is writing
+        (``shifter-gateway recover``; a pull keeps them, to resume them).
+        """
         cleaned = publish.recover_stale_work(self.store)
         with contextlib.suppress(StoreError, OSError):  # best effort: a read-only cache is not an error
             self.cache.clean_stale_imports()
             self._clean_stale_private_imports()
+            if partials:
+                self.cache.clean_partials()
         for record in self.repo.list_images():
-            if record.status.busy and record.id not in cleaned and self._is_stale(record.id):
+            if record.status.busy and self._fail_if_dead(record.id) and record.id not in cleaned:
                 cleaned.append(record.id)
-        for image_id in cleaned:
-            stale = self.repo.get(image_id)
-            if stale is not None and stale.status.busy:
-                self.repo.set_status(image_id, Status.FAILED,
-                                     f"interrupted: the pulling process ({stale.worker}) died; pull again")
         return cleaned
 
     def _clean_stale_private_imports(self) -> None:
@@ -398,17 +426,34 @@ class ImageService:
         finally:
             lock.release()
 
-    def _is_stale(self, image_id: str) -> bool:
-        """True when nobody holds the image's lock (its puller is gone)."""
+    def settle_dead_pullers(self) -> None:
+        """Mark FAILED, at once, the pulls whose process is gone (``kill -9``, a reboot, Ctrl-C on an
+        auto-pull), so that ``lookup``/``images``/``inspect`` never tell users to wait for a dead one."""
+        for record in self.repo.list_images():
+            if record.status.busy:
+                self._fail_if_dead(record.id)
+
+    def _fail_if_dead(self, image_id: str) -> bool:
+        """Under the image's lock (free: its puller is dead, the kernel dropped the lock), a record
+        still PULLING/CONVERTING becomes FAILED and the pull's work files go.  True if it did."""
         lock = publish.image_lock(self.store, image_id)
-        if lock.acquire(blocking=False):
-            lock.release()
+        if not lock.acquire(blocking=False):
+            return False  # a live puller holds it
+        try:
+            stale = self.repo.get(image_id)
+            if stale is None or not stale.status.busy:
+                return False
+            publish.clean_work(self.store, image_id)
+            self.repo.set_status(image_id, Status.FAILED, f"interrupted: the pulling process "
+                                                          f"({stale.worker or 'unknown'}) died; pull again")
             return True
-        return False
+        finally:
+            lock.release()
 
     # --- queries -----------------------------------------------------------------------
     def lookup(self, ref_text: str) -> str:
         """The id of a READY image (searching this store, then the read-only ones)."""
+        self.settle_dead_pullers()
         store, image_id = self._find(ref_text)
         if store.is_ready(image_id):
             return image_id
@@ -416,19 +461,22 @@ class ImageService:
 
     def images(self) -> list[dict[str, Any]]:
         """One JSON-able row per tag (and per untagged image) in every store this service sees."""
-        rows = primary_rows(self.repo.list_images(), self.store, self.choice.kind, self.config.system)
+        self.settle_dead_pullers()
+        rows = primary_rows(self.repo.list_images(), self.store, self.choice.kind, self.config.system,
+                            elsewhere=self.choice.also_search)
         for other in self.choice.also_search:
             rows += store_rows(other, "site", self.config.system)
         return rows
 
     def inspect(self, ref_text: str) -> dict[str, Any]:
         """Metadata, tags and status of one image (READY or not)."""
+        self.settle_dead_pullers()
         store, image_id = self._find(ref_text, allow_busy=True)
         record = self.repo.get(image_id) if store is self.store else None
         info: dict[str, Any] = {}
-        if store.is_ready(image_id):
+        if store.is_ready(image_id) or record is None:  # no record: the files are all there is
             info.update(store.read_metadata(image_id))
-        elif record is not None:
+        else:
             info.update(record.to_json())
         info["tags"] = sorted(f"{t}:{r}" for t, r, i in store.tags() if i == image_id)
         info["status"] = record.status.value if record is not None else info.get("status", "READY")
@@ -558,7 +606,7 @@ class ImageService:
             else:
                 image_id = store.resolve_tag(image_type, str(value)) or ""
             if image_id:
-                return store, image_id
+                return self._holder(store, image_id), image_id
         busy = self._busy_for(image_type, str(value)) if image_type != "id" else None
         if busy is not None:
             if allow_busy:
@@ -566,6 +614,13 @@ class ImageService:
             raise self._not_ready(ref_text, busy.id)
         raise ImageNotFoundError(f"image {ref_text} is not in the image store",
                                  hint=f"pull it first: shifterimg pull {ref_text}")
+
+    def _holder(self, store: ImageStore, image_id: str) -> ImageStore:
+        """The store that holds ``image_id``'s files: ``store``, or for a per-user tag that points at
+        a site image (:meth:`_share_site_image`), the site store (``store`` if none has them)."""
+        if store.image_files_exist(image_id) or self.repo.get(image_id) is not None:
+            return store
+        return next((other for other in self._stores() if other.image_files_exist(image_id)), store)
 
     def _busy_for(self, image_type: str, source: str) -> ImageRecord | None:
         matches = [r for r in self.repo.list_images() if r.type == image_type and r.source == source
@@ -712,3 +767,4 @@ def _utcnow() -> dt.datetime:
 
 
 __all__ = ["Flattener", "ImageService", "Registry", "SquashfsBuilder", "StreamBuilder", "archive_names"]
+

@@ -7,11 +7,11 @@ negative sizes, unknown layer types, or Docker's retired schema 1.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shifter._fastjson import loads as _json_loads
 from shifter.errors import ManifestError, PlatformMismatchError
 from shifter.oci import mediatypes as mt
 from shifter.oci.digest import Digest
@@ -26,7 +26,7 @@ def _fail(what: str, why: str, hint: str = _HINT) -> ManifestError:
 
 def _load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = _json_loads(data)
     except (UnicodeDecodeError, ValueError) as err:
         raise _fail(what, f"not valid JSON ({err})") from None
     if not isinstance(value, dict):

@@ -209,6 +209,11 @@ def _parse_id(text: str, value: str) -> str:
     return hexid
 
 
+def _looks_like_type(prefix: str, rest: str) -> bool:
+    """``foo`` in ``foo:bar:1`` (not a reference): a word where a type goes, not ``host:port/``."""
+    return prefix.isascii() and prefix.isalpha() and not rest.partition("/")[0].isdigit()
+
+
 def parse_image_arg(text: str, default_type: str = "docker") -> tuple[str, ImageRef | str]:
     """Split Shifter's ``type:tag`` syntax.
 
@@ -225,7 +230,13 @@ def parse_image_arg(text: str, default_type: str = "docker") -> tuple[str, Image
     else:
         image_type, value = default_type, text
     if image_type == "docker":
-        return image_type, parse_reference(value)
+        try:
+            return image_type, parse_reference(value)
+        except ImageReferenceError:
+            if not sep or prefix in IMAGE_TYPES or not _looks_like_type(prefix, value):
+                raise
+            raise _fail(text, f"unknown image type {prefix!r} ({', '.join(sorted(IMAGE_TYPES))})",
+                        hint=f"did you mean docker:{text.partition(':')[2]}?") from None
     if image_type == "id":
         return image_type, _parse_id(text, value)
     if image_type == "local":

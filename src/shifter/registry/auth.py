@@ -18,7 +18,6 @@ synchronously: use it with ``httpx.Client`` only.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import threading
 import time
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from shifter._fastjson import loads as _json_loads
 from shifter.errors import AuthenticationError, RegistryUnavailableError
 from shifter.registry.credentials import Credential
 
@@ -210,7 +210,7 @@ class RegistryAuth(httpx.Auth):
 def _parse_token(body: bytes, where: str, status: int) -> tuple[str, float]:
     """Extract ``(token, usable lifetime in seconds)`` from a token response."""
     try:
-        data = json.loads(body) if status == 200 else None
+        data = _json_loads(body) if status == 200 else None
     except ValueError:
         data = None
     token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None

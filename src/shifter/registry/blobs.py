@@ -19,11 +19,25 @@ from pathlib import Path
 
 import httpx
 
-from shifter.errors import DigestMismatchError, DiskFullError, ImageNotFoundError, RegistryError, StoreError
+from shifter.errors import (
+    DISK_FULL_HINT,
+    DigestMismatchError,
+    DiskFullError,
+    ImageNotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+    StoreError,
+)
 from shifter.oci.digest import Digest
 from shifter.oci.manifest import Descriptor
 from shifter.registry.progress import ProgressSink
-from shifter.registry.responses import RETRYABLE_STATUS, check_response, transport_failure, unavailable
+from shifter.registry.responses import (
+    RETRYABLE_STATUS,
+    check_response,
+    request_failure,
+    transport_failure,
+    unavailable,
+)
 from shifter.registry.session import Session
 
 CHUNK_SIZE = 256 * 1024
@@ -67,7 +81,7 @@ class _Progress:
 
 def _storage_error(path: Path, err: OSError) -> StoreError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"no space left writing {path}", hint="free space in the image cache or store")
+        return DiskFullError(f"no space left writing {path}", hint=DISK_FULL_HINT)
     return StoreError(f"cannot write {path}: {err.strerror}", hint="check the cache directory's permissions")
 
 
@@ -119,12 +133,14 @@ class BlobDownloader:
         self.session = session
         self.registry = registry
         self.cancel = cancel or threading.Event()
+        self._deadline = float("inf")
 
     def download(self, urls: list[str], descriptor: Descriptor, partial: Path, sink: ProgressSink) -> None:
         """Leave the verified blob in ``partial``; try ``urls`` in order (mirrors first)."""
         digest = Digest.parse(descriptor.digest)
         progress = _Progress(sink, descriptor.digest)
         sink.layer_start(descriptor.digest, descriptor.size)
+        self._deadline = self.session.clock() + self.session.blob_timeout
         for number, url in enumerate(urls):
             try:
                 self._download_from(url, digest, descriptor.size, partial, progress)
@@ -152,6 +168,7 @@ class BlobDownloader:
                 furthest = max(furthest, reached)
                 if failures >= attempts:
                     raise retry.error from None
+                self._check_deadline(url, digest)
                 if retry.backoff:
                     self.session.sleep(self.session.retry.delay(failures))
 
@@ -171,6 +188,8 @@ class BlobDownloader:
                                               stream=True)
         except httpx.TransportError as err:
             raise _Retry(transport_failure(where, err)) from None
+        except httpx.RequestError as err:  # a redirect loop: retrying will not help
+            raise request_failure(where, err) from None
         try:
             if response.status_code == 416:
                 _discard(partial)
@@ -182,6 +201,16 @@ class BlobDownloader:
             self._stream(response, _Target(digest, size, partial, start), progress)
         finally:
             response.close()
+
+    def _check_deadline(self, where: str, digest: Digest) -> None:
+        """registryTimeout's TOTAL: a registry that trickles bytes (or keeps failing) cannot keep
+        a pull alive forever.  The partial file stays: a later pull resumes it."""
+        if self.session.clock() > self._deadline:
+            host = httpx.URL(where).netloc.decode("ascii") if "://" in where else where
+            raise RegistryUnavailableError(
+                f"registry {host} did not deliver blob {digest} within {self.session.blob_timeout:.0f} s",
+                hint="the registry is too slow or stalled: try again later, or raise registryTimeout's "
+                     "TOTAL in udiRoot.conf")
 
     def _complete(self, partial: Path, digest: Digest, size: int) -> bool:
         """Is a full-length partial file already the right blob?  Discard it if not."""
@@ -204,6 +233,7 @@ class BlobDownloader:
                     for chunk in response.iter_raw():
                         if self.cancel.is_set():
                             raise DownloadCancelled(str(digest))
+                        self._check_deadline(where, digest)
                         written += len(chunk)
                         if written > size:
                             raise _too_long(digest, size)

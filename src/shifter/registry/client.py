@@ -56,7 +56,6 @@ MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 MAX_CONFIG_SIZE = 32 * 1024 * 1024
 MAX_INDEX_DEPTH = 2
 LOCK_POLL_S = 0.5  # how often a wait for another process's download checks for cancellation
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _T = TypeVar("_T")
 
 
@@ -101,7 +100,7 @@ class RegistryClient:
     def __init__(self, config: SiteConfig, credentials: CredentialStore,
                  transport: httpx.BaseTransport | None = None, *, retry: RetryPolicy | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+                 timeout: httpx.Timeout | None = None) -> None:
         self.config = config
         self.credentials = credentials
         self._credential_cache: dict[str, Credential | None] = {}
@@ -109,9 +108,11 @@ class RegistryClient:
         self._dead_mirrors: set[str] = set()
         self.auth = RegistryAuth(self._credentials_for, lambda netloc: plain_http_allowed(netloc, config),
                                  clock)
-        http = httpx.Client(transport=transport, auth=self.auth, follow_redirects=True, timeout=timeout,
+        connect, idle, blob_total = config.registry_timeout
+        http = httpx.Client(transport=transport, auth=self.auth, follow_redirects=True,
+                            timeout=timeout or httpx.Timeout(float(idle), connect=float(connect)),
                             headers={"User-Agent": "shifter/0.1"})
-        self.session = Session(http, retry or RetryPolicy(), sleep)
+        self.session = Session(http, retry or RetryPolicy(), sleep, clock=clock, blob_timeout=float(blob_total))
 
     def close(self) -> None:
         self.session.http.close()

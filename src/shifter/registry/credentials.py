@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from shifter._fastjson import loads as _json_loads
 from shifter.errors import ConfigError
 from shifter.oci.reference import DOCKER_HUB
 
@@ -65,7 +66,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"cannot read credentials file {path}: {err.strerror}") from None
     try:
-        data = json.loads(text)
+        data = _json_loads(text)
     except ValueError:
         raise ConfigError(f"credentials file {path} is not valid JSON",
                           hint="fix or remove it, then run 'shifterimg login' again") from None

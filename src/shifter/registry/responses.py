@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 
+from shifter._fastjson import loads as _json_loads
 from shifter.errors import (
     AuthenticationError,
     ImageNotFoundError,
@@ -34,7 +34,7 @@ def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
 def error_details(body: bytes) -> tuple[list[str], str]:
     """The distribution error codes and a readable message from an error body."""
     try:
-        data: Any = json.loads(body)
+        data: Any = _json_loads(body)
     except ValueError:
         text = body.decode("utf-8", "replace").strip()
         return [], text[:200] if text and "<" not in text[:1] else ""
@@ -62,6 +62,16 @@ def transport_failure(where: str, err: httpx.TransportError) -> RegistryUnavaila
     kind = "timed out" if isinstance(err, httpx.TimeoutException) else "connection failed"
     detail = str(err) or type(err).__name__
     return unavailable(where, f"{kind} ({detail})")
+
+
+def request_failure(where: str, err: httpx.RequestError) -> RegistryError:
+    """A request that failed for a reason retrying does not fix: a redirect loop, a bad encoding."""
+    if isinstance(err, httpx.TooManyRedirects):
+        return RegistryError(f"registry {where} redirects in a loop ({err})",
+                             hint="the registry (or a mirror, or a proxy in front of it) is misconfigured; "
+                                  "check its URL or tell its admin")
+    return RegistryError(f"registry {where} sent an answer that cannot be read ({type(err).__name__}: {err})",
+                         hint="check the registry, or try again later")
 
 
 def check_response(response: httpx.Response, *, what: str, registry: str, blob: bool = False) -> None:

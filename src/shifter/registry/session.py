@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from shifter.errors import RegistryUnavailableError
-from shifter.registry.responses import RETRYABLE_STATUS, check_response, transport_failure
+from shifter.registry.responses import RETRYABLE_STATUS, check_response, request_failure, transport_failure
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,13 @@ class Session:
     """Sends registry requests with retries on connection errors, timeouts, 429 and 5xx."""
 
     def __init__(self, http: httpx.Client, retry: RetryPolicy,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, *,
+                 clock: Callable[[], float] = time.monotonic, blob_timeout: float = 3600.0) -> None:
         self.http = http
         self.retry = retry
         self.sleep = sleep
+        self.clock = clock
+        self.blob_timeout = blob_timeout  # seconds for one whole blob (registryTimeout's TOTAL)
 
     def send(self, method: str, url: str, *, headers: Mapping[str, str], what: str, registry: str,
              stream: bool = False, blob: bool = False, attempts: int | None = None) -> httpx.Response:
@@ -52,6 +55,8 @@ class Session:
                     raise transport_failure(where, err) from None
                 self.sleep(self.retry.delay(attempt))
                 continue
+            except httpx.RequestError as err:  # a redirect loop, an undecodable answer: not retried
+                raise request_failure(where, err) from None
             if response.status_code in RETRYABLE_STATUS and not last:
                 response.close()
                 self.sleep(self._retry_after(response, attempt))
@@ -66,6 +71,9 @@ class Session:
                     raise transport_failure(where, err) from None
                 self.sleep(self.retry.delay(attempt))
                 continue
+            except httpx.RequestError as err:
+                response.close()
+                raise request_failure(where, err) from None
             except BaseException:
                 response.close()
                 raise

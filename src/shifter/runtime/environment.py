@@ -3,6 +3,10 @@
 Order (later wins; a variable keeps the position where it was first set):
 
 1. the caller's environment (skipped with ``--clearenv``);
+   then the container user's identity: ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL`` from the
+   user's passwd entry (:func:`identity_env`) -- replacing the caller's values when root acts for
+   another user (``--user``: root's ``HOME=/root`` must not reach the user's job), else only where
+   the caller's environment lacks them (``--clearenv``);
 2. the image's ``ENV``;
 3. each ``--env-file``, in order;
 4. each ``--env``, in order;
@@ -194,10 +198,29 @@ def apply_rules(env: dict[str, str], rules: EnvRules) -> None:
         env.pop(name, None)
 
 
+def identity_env(identity: Identity) -> tuple[tuple[str, str], ...]:
+    """``HOME``, ``USER``, ``LOGNAME`` (and ``SHELL`` when the passwd entry has one) of the user
+    the container runs as, in that order (``fastpath.identity_pairs`` is the same)."""
+    pairs = (("HOME", identity.home), ("USER", identity.user), ("LOGNAME", identity.user))
+    return (*pairs, ("SHELL", identity.shell)) if identity.shell else pairs
+
+
+def apply_identity(env: dict[str, str], pairs: Iterable[tuple[str, str]], replace: bool) -> None:
+    """Set the identity variables in ``env``: all of them when ``replace`` (root acting for another
+    user), else only those missing."""
+    for name, value in pairs:
+        if replace or name not in env:
+            env[name] = value
+
+
 def compose_environment(caller: Mapping[str, str], *, clearenv: bool = False, image: Sequence[object] = (),
                         files: Sequence[Sequence[tuple[str, str]]] = (), cli: Sequence[tuple[str, str]] = (),
-                        rules: Sequence[EnvRules] = ()) -> ComposedEnv:
-    """Compose the container environment in the documented order (see the module docstring)."""
+                        rules: Sequence[EnvRules] = (), identity: Sequence[tuple[str, str]] = (),
+                        replace_identity: bool = False) -> ComposedEnv:
+    """Compose the container environment in the documented order (see the module docstring).
+
+    ``identity``: :func:`identity_env` of the container user; ``replace_identity`` when the caller
+    is someone else (root with ``--user``)."""
     env: dict[str, str] = {}
     dropped: list[str] = []
     if not clearenv:
@@ -206,6 +229,7 @@ def compose_environment(caller: Mapping[str, str], *, clearenv: bool = False, im
                 env[name] = value
             else:
                 dropped.append(name[:64])
+    apply_identity(env, identity, replace_identity)
     image_pairs, image_dropped = image_env_pairs(image)
     dropped.extend(image_dropped)
     for pairs in (image_pairs, *files, cli):
@@ -216,6 +240,6 @@ def compose_environment(caller: Mapping[str, str], *, clearenv: bool = False, im
     return ComposedEnv(env=tuple(env.items()), unsafe=unsafe, dropped=tuple(dropped))
 
 
-__all__ = ["ENV_FILE_MAX_BYTES", "PRIVILEGED_ENV", "ComposedEnv", "EnvRules", "apply_rules",
-           "compose_environment", "image_env_pairs", "is_unsafe_name", "is_valid_name", "parse_assignment",
-           "parse_env_file", "read_text_for"]
+__all__ = ["ENV_FILE_MAX_BYTES", "PRIVILEGED_ENV", "ComposedEnv", "EnvRules", "apply_identity", "apply_rules",
+           "compose_environment", "identity_env", "image_env_pairs", "is_unsafe_name", "is_valid_name",
+           "parse_assignment", "parse_env_file", "read_text_for"]

@@ -115,17 +115,31 @@ def _resolve_via_gateway(ref: ImageRef, config: SiteConfig, identity: Identity) 
 def _resolve_docker(ref: ImageRef, stores: Sequence[tuple[ImageStore, bool]],
                     identity: Identity, as_user: bool = False) -> ImageInfo:
     request = f"docker:{ref}"
-    for store, is_user in stores:
+    for index, (store, is_user) in enumerate(stores):
         with AsUser(identity, as_user and is_user):
             image_id = _read_tag(store, str(ref))
             if image_id is None and ref.digest:
                 candidate = ref.digest.partition(":")[2]
                 image_id = candidate if _has_image(store, candidate) else None
-            if image_id is not None:
+            if image_id is not None and (not is_user or _has_image(store, image_id)):
                 return _load(store, is_user, image_id, request, identity, kind="docker")
+        if image_id is not None:  # a per-user tag pointing at a site image (shifterimg shares it)
+            return _load_shared(image_id, stores[index + 1:], request, identity)
     raise ImageNotInStoreError(f"image {request} is not in the image store",
                                hint=f"pull it with 'shifterimg pull {request}'", request=request,
                                identity=identity)
+
+
+def _load_shared(image_id: str, later: Sequence[tuple[ImageStore, bool]], request: str,
+                 identity: Identity) -> ImageInfo:
+    """The per-user tag of ``request`` names a site image: load it from the site store (READY,
+    and the caller may use it); gone from there, the user must pull again."""
+    for store, is_user in later:
+        if not is_user and _has_image(store, image_id):
+            return _load(store, False, image_id, request, identity, kind="docker")
+    raise ImageNotInStoreError(f"image {request} pointed at image {image_id[:12]} of the site store, "
+                               "which the site store no longer has",
+                               hint=f"pull it again with 'shifterimg pull {request}'", request=request)
 
 
 def _resolve_id(prefix: str, stores: Sequence[tuple[ImageStore, bool]], identity: Identity,

@@ -9,7 +9,7 @@ Stdlib only: this module is on the launch path.
 
 from __future__ import annotations
 
-from shifter.config.site import SiteConfig
+from shifter.config.site import SiteConfig, check_mount_dirs
 from shifter.errors import ContainerError
 from shifter.runtime import etc, prepared
 from shifter.runtime.plan import Plan, build_plan, container_groups, prepared_entry_plan
@@ -31,6 +31,7 @@ def validate(spec: ContainerSpec, config: SiteConfig) -> None:
         raise ContainerError("udiMount and loopMount must be absolute paths")
     if config.udi_mount == config.loop_mount:
         raise ContainerError("udiMount and loopMount must differ", hint="fix udiRoot.conf")
+    check_mount_dirs(config)
 
 
 def make_plan(spec: ContainerSpec, config: SiteConfig) -> Plan:

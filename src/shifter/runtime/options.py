@@ -42,6 +42,7 @@ Run COMMAND (default /bin/sh) inside an image, as the calling user.
       --user=NAME            (root only) run the container as user NAME
   -v, --verbose              accepted for NERSC compatibility (no extra output yet)
   -h, --help                 show this help
+      --version              show the version
 
 Options must come before COMMAND; everything from COMMAND on is passed to it unchanged.
 """
@@ -51,6 +52,7 @@ _NONE, _REQUIRED, _OPTIONAL = "none", "required", "optional"
 # long name -> (destination, argument mode)
 _LONG: dict[str, tuple[str, str]] = {
     "help": ("help", _NONE),
+    "version": ("version", _NONE),
     "verbose": ("verbose", _NONE),
     "image": ("image", _REQUIRED),
     "volume": ("volume", _REQUIRED),
@@ -86,6 +88,7 @@ class ShifterOptions(Record):
     modules: str | None = None  # raw "a,b" / "none"; None: the site's defaultModules
     user: str | None = None
     help: bool = False
+    version: bool = False
     verbose: int = 0
     args: tuple[str, ...] = ()
 
@@ -196,7 +199,8 @@ def _build(got: _Collected, args: tuple[str, ...], environ: Mapping[str, str]) -
         workdir=got.values.get("workdir"), workdir_given="workdir" in got.values,
         env=tuple(got.lists.get("env", [])), env_files=tuple(got.lists.get("env_file", [])),
         clearenv=bool(got.flags.get("clearenv")), modules=modules, user=got.values.get("user"),
-        help=bool(got.flags.get("help")), verbose=got.flags.get("verbose", 0), args=args,
+        help=bool(got.flags.get("help")), version=bool(got.flags.get("version")),
+        verbose=got.flags.get("verbose", 0), args=args,
     )
 
 

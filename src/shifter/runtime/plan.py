@@ -15,7 +15,7 @@ always absolute and normalised.
 from __future__ import annotations
 
 from shifter._record import Record
-from shifter.config.site import SiteConfig
+from shifter.config.site import SiteConfig, paths_overlap
 from shifter.errors import ContainerError, VolumeError
 from shifter.runtime import etc
 from shifter.runtime.spec import ContainerSpec, Identity, VolumeSpec
@@ -30,9 +30,14 @@ PHASES = ("namespace", "image", "root", "system", "site", "user", "remount", "en
 ROOT_OWN_ENTRIES = ("etc", "proc", "sys", "dev", "tmp")
 # /etc files taken from the host, not the image.
 HOST_ETC_FILES = ("hosts", "resolv.conf")
-# Host trees every container sees: (source, target, recursive, optional).
-SYSTEM_BINDS = (("/proc", "/proc", True, False), ("/sys", "/sys", True, False), ("/dev", "/dev", True, False),
-                ("/tmp", "/tmp", True, False), ("/var/tmp", "/var/tmp", True, True))
+# Mount flags of the bound trees (every mount in them, recursively; docs/runtime.md "Mount flags").
+VOLUME_FLAGS = ("nosuid", "nodev")
+KERNEL_FS_FLAGS = ("nosuid", "nodev", "noexec")
+DEV_FLAGS = ("nosuid", "nodev", "noexec")  # but device nodes work on /dev itself and devpts (Bind.devices)
+# Host trees every container sees, always bound recursively: (source, target, optional, flags, devices).
+SYSTEM_BINDS = (("/proc", "/proc", False, KERNEL_FS_FLAGS, False), ("/sys", "/sys", False, KERNEL_FS_FLAGS, False),
+                ("/dev", "/dev", False, DEV_FLAGS, True), ("/tmp", "/tmp", False, VOLUME_FLAGS, False),
+                ("/var/tmp", "/var/tmp", True, VOLUME_FLAGS, False))
 
 
 # Operations are frozen records (shifter._record), not typing.NamedTuple: typing and the
@@ -66,6 +71,10 @@ class MountImage(Record):
     source: str
     mountpoint: str
     helper: str = "squashfuse"
+    # squashfuse run by root as another user: the deadline on it (fuseTimeout) and that user's
+    # name (for the error).
+    timeout: float = 30.0
+    owner: str = ""
 
 
 class MountRootTmpfs(Record):
@@ -110,7 +119,11 @@ class BuildEtc(Record):
 
 
 class Bind(Record):
-    """Bind host ``source`` onto container path ``target``.
+    """Bind host ``source`` onto container path ``target``: always its whole tree (the mounts below
+    it too: a bind without them would show files those mounts hide), every mount of it ``flags``
+    (``nosuid``, ``nodev``, ``noexec``) and read-only when ``read_only``, set on the detached
+    clone before it is attached.  ``devices``: ``nodev`` is then taken off again on the top mount
+    and the ``devpts`` mounts below it, so that device nodes work there (``/dev``).
 
     ``as_user``: open the source with the user's identity (a privileged caller must not lend
     root's access).  ``check_target``: re-apply the user-volume target rules to the path the
@@ -126,7 +139,6 @@ class Bind(Record):
     phase: str
     source: str
     target: str
-    recursive: bool = False
     read_only: bool = False
     as_user: bool = False
     check_target: bool = False
@@ -134,6 +146,8 @@ class Bind(Record):
     optional: bool = False
     slave: bool = False
     private: bool = False
+    flags: tuple[str, ...] = VOLUME_FLAGS
+    devices: bool = False
 
 
 class MountCache(Record):
@@ -158,8 +172,10 @@ class MountCache(Record):
 
 
 class Remount(Record):
-    """Remount the mount at container path ``target`` nosuid (and nodev, read-only as asked),
-    keeping the flags the kernel locked on it."""
+    """After every mount is made: ``nosuid`` (and ``nodev``) again on every mount of the tree at
+    container path ``target`` (what was mounted into it since included), read-only on its own
+    mounts as asked (a writable volume nested in it stays writable).  ``bind=False`` (the root
+    tmpfs): that one mount only.  Flags the kernel locked stay."""
 
     @property
     def phase(self) -> str:
@@ -251,7 +267,10 @@ def image_ops(spec: ContainerSpec, config: SiteConfig) -> list[Op]:
     # A squashfs the user wrote (per-user store) never reaches the kernel's squashfs driver as
     # root: it is served by squashfuse, which the executor runs with the user's identity.
     kernel = spec.privileged and not image.user_store
-    return [MountImage("loop" if kernel else "squashfuse", image.squashfs, config.loop_mount)]
+    if kernel:
+        return [MountImage("loop", image.squashfs, config.loop_mount)]
+    return [MountImage("squashfuse", image.squashfs, config.loop_mount, timeout=config.fuse_timeout,
+                       owner=spec.identity.user)]
 
 
 def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
@@ -269,21 +288,33 @@ def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
     ops += [root_op, PopulateRoot(config.loop_mount, root),
             BuildEtc(config.loop_mount, root, tuple(sorted(files.items())))]
     private = root_propagation(spec) == "slave"
-    for source, target, recursive, optional in SYSTEM_BINDS:
-        ops.append(Bind("system", source, target, recursive=recursive, optional=optional, private=private))
+    for source, target, optional, flags, devices in SYSTEM_BINDS:
+        ops.append(Bind("system", source, target, optional=optional, private=private, flags=flags, devices=devices))
     remounts: list[Op] = []
     for vol in spec.volumes:
         user = vol.origin == "user"
         if vol.per_node_cache:
             ops.append(cache_op(spec, config, vol))
         else:
+            if user:
+                check_not_setup_tree(vol.source, config)
+            # Always the whole tree (the site flag "rec" is implied): see Bind.
             ops.append(Bind("user" if user else "site", vol.source, vol.target,
-                            recursive=vol.recursive or not user,
                             read_only=vol.read_only, as_user=user and ident.uid != 0 and spec.privileged,
                             check_target=user, slave=vol.slave, private=private and not vol.slave))
         remounts.append(Remount(vol.target, vol.read_only))
     remounts.append(Remount("/", read_only=not config.mount_udi_root_writable, bind=False))
     return ops + remounts
+
+
+def check_not_setup_tree(source: str, config: SiteConfig) -> None:
+    """A user volume may not bind ``udiMount`` or ``loopMount`` (nor lie in them): the tree being
+    built would show up inside itself.  (Site trees: ``config.site.check_mount_dirs``.)  The
+    executor checks again where the opened source really is (a symlink may lead there)."""
+    for key, path in (("udiMount", config.udi_mount), ("loopMount", config.loop_mount)):
+        if paths_overlap(source, path):
+            raise VolumeError(f"volume source {source} overlaps the site's {key} {path}, where the container "
+                              "is built", hint="bind a directory that does not contain the container's own tree")
 
 
 def root_propagation(spec: ContainerSpec) -> str:
@@ -356,7 +387,9 @@ def user_ids(spec: ContainerSpec, config: SiteConfig) -> tuple[int, int, tuple[i
     return ident.uid, ident.gid, container_groups(ident, config)
 
 
-__all__ = ["HOST_ETC_FILES", "PHASES", "ROOT_OWN_ENTRIES", "SYSTEM_BINDS", "Bind", "BuildEtc", "Chdir",
+__all__ = ["DEV_FLAGS", "HOST_ETC_FILES", "KERNEL_FS_FLAGS", "PHASES", "ROOT_OWN_ENTRIES", "SYSTEM_BINDS",
+           "VOLUME_FLAGS", "Bind", "BuildEtc", "Chdir",
            "DropPrivileges", "EnterNamespaces", "EnterRoot", "Exec", "MountCache", "MountImage", "MountRootTmpfs",
-           "Op", "Plan", "PopulateRoot", "Remount", "build_plan", "cache_op", "container_groups", "finish_ops",
+           "Op", "Plan", "PopulateRoot", "Remount", "build_plan", "cache_op", "check_not_setup_tree",
+           "container_groups", "finish_ops",
            "image_ops", "prepared_entry_plan", "root_propagation", "tree_ops", "user_ids"]

@@ -21,6 +21,7 @@ from shifter.errors import ConfigError, UsageError, VolumeError
 from shifter.runtime.environment import (
     EnvRules,
     compose_environment,
+    identity_env,
     parse_assignment,
     parse_env_file,
     read_text_for,
@@ -49,7 +50,8 @@ def lookup_identity(name: str) -> Identity:
     except (KeyError, OverflowError):
         raise UsageError(f"unknown user '{name}'", hint="give a user name known to this system") from None
     groups = tuple(dict.fromkeys(os.getgrouplist(entry.pw_name, entry.pw_gid)))
-    return Identity(uid=entry.pw_uid, gid=entry.pw_gid, groups=groups, user=entry.pw_name, home=entry.pw_dir)
+    return Identity(uid=entry.pw_uid, gid=entry.pw_gid, groups=groups, user=entry.pw_name, home=entry.pw_dir,
+                    shell=entry.pw_shell)
 
 
 def build_spec(argv: Sequence[str], environ: Mapping[str, str], config: SiteConfig, caller: Identity,
@@ -85,7 +87,8 @@ def spec_from_options(opts: ShifterOptions, environ: Mapping[str, str], config: 
                     as_user=caller.uid == 0 and identity.uid != 0)
     composed = compose_environment(environ, clearenv=opts.clearenv,
                                    image=_str_list(image.metadata.get("env")), files=file_env, cli=cli_env,
-                                   rules=[*module_env_rules(modules), EnvRules.from_site(config)])
+                                   rules=[*module_env_rules(modules), EnvRules.from_site(config)],
+                                   identity=identity_env(identity), replace_identity=identity.uid != caller.uid)
     image_workdir = _image_workdir(image)
     return ContainerSpec(
         image=image, identity=identity, argv=select_command(opts, image.metadata), env=composed.env, cwd=cwd,

@@ -19,6 +19,7 @@ class Identity(Record):
     groups: tuple[int, ...]
     user: str
     home: str
+    shell: str = ""  # the passwd login shell ("" when unknown: SHELL is then not set)
 
 
 class VolumeSpec(Record):

@@ -18,7 +18,7 @@ A file system without POSIX ACLs (``EOPNOTSUPP``: some NFS exports) keeps the fi
 the image stays private, listed users can run it through privileged launches (Slurm, ``shifter
 --user``) only; :func:`apply_access` returns False so the caller can say so.
 
-Stdlib only: the runtime's fast path imports :func:`acl_xattr` (prepared trees).
+Stdlib only: the runtime's executor uses :func:`acl_xattr` for prepared trees.
 """
 
 from __future__ import annotations
@@ -104,4 +104,5 @@ def _remove_acl(target: int | str) -> None:
             raise
 
 
-__all__ = ["NO_ID", "XATTR", "acl_xattr", "apply_access", "is_private", "private_entries"]
+__all__ = ["ACL_GROUP", "ACL_GROUP_OBJ", "ACL_MASK", "ACL_OTHER", "ACL_USER", "ACL_USER_OBJ", "NO_ID", "XATTR",
+           "acl_xattr", "apply_access", "is_private", "private_entries"]

@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -192,6 +193,52 @@ class BlobCache:
             self.path(digest).unlink(missing_ok=True)
             self.partial_path(digest).unlink(missing_ok=True)
 
+    def partials(self) -> list[tuple[int, Path]]:
+        """``(size, path)`` of every file under ``partial/`` (downloads in progress or left by a
+        pull that died, temporary copies of imports)."""
+        out: list[tuple[int, Path]] = []
+        if not self.partial_dir.is_dir():
+            return out
+        for entry in os.scandir(self.partial_dir):
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    out.append((st.st_size, Path(entry.path)))
+        return out
+
+    def partial_size(self) -> int:
+        return sum(size for size, _ in self.partials())
+
+    def clean_partials(self) -> int:
+        """Delete the partial files no live process is writing; return the bytes freed.
+
+        A download holds its blob's lock while it writes ``partial/sha256/<hex>``; an ingest's
+        ``.ingest-<pid>-*`` belongs to a process that may still run; ``import-*.blob`` files go
+        with :meth:`clean_stale_imports`.  Everything else under ``partial/`` is dead weight.
+        """
+        freed = 0
+        self.clean_stale_imports()
+        for size, path in self.partials():
+            if self._partial_in_use(path):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                freed += size
+        return freed
+
+    def _partial_in_use(self, path: Path) -> bool:
+        name = path.name
+        if _DIGEST.match(f"sha256:{name}"):
+            lock = self.lock(f"sha256:{name}")
+            if not lock.acquire(blocking=False):
+                return True
+            lock.release()
+            return False
+        if name.startswith(".ingest-"):
+            pid = name.split("-")[1]
+            return pid.isdigit() and _alive(int(pid))
+        return path.match(IMPORT_TEMP_GLOB)  # an import's: only clean_stale_imports may judge it
+
     def discard(self, digest: str) -> None:
         """Forget a partial download (e.g. after a digest mismatch)."""
         self.partial_path(digest).unlink(missing_ok=True)
@@ -242,6 +289,16 @@ class BlobCache:
         """Delete everything (blobs and partial downloads)."""
         for sub in ("blobs", "partial"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, belongs to someone else
+    return True
 
 
 

@@ -120,6 +120,9 @@ def quote_ref(ref: str) -> str:
     return name
 
 
+_UNREADABLE_HINT = "the image store {root} must be readable by its users (directories mode 0755): ask the site admin"
+
+
 class ImageStore:
     """One image store directory (the site ``imagePath`` or a per-user store)."""
 
@@ -210,6 +213,10 @@ class ImageStore:
             raise StoreError(f"{path} is not a JSON object", hint="pull the image again")
         return data
 
+    def image_files_exist(self, image_id: str) -> bool:
+        """Does this store hold any file of ``image_id`` (its metadata or its squashfs)?"""
+        return exists(self.metadata_file(image_id)) or exists(self.squashfs_file(image_id))
+
     def is_ready(self, image_id: str) -> bool:
         """True iff both files exist and the json says READY (the runtime's only test)."""
         try:
@@ -236,12 +243,10 @@ class ImageStore:
         """Every tag as ``(type, ref, id)``; unreadable or malformed tag files are skipped."""
         import urllib.parse  # noqa: PLC0415  (not on the launch path)
 
-        if not self.tags_dir.is_dir():
-            return
-        for type_dir in sorted(self.tags_dir.iterdir()):
-            if not (type_dir.is_dir() and _is_type(type_dir.name)):
+        for type_dir in self._listing(self.tags_dir):
+            if not (_is_type(type_dir.name) and self._is_dir(type_dir)):
                 continue
-            for entry in sorted(type_dir.iterdir()):
+            for entry in self._listing(type_dir):
                 if entry.name.startswith("."):
                     continue
                 ref = urllib.parse.unquote(entry.name)
@@ -249,12 +254,37 @@ class ImageStore:
                 if image_id:
                     yield type_dir.name, ref, image_id
 
+    def _is_dir(self, path: Path) -> bool:
+        try:
+            return stat.S_ISDIR(path.stat().st_mode)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise StoreError(f"cannot read {path}: {err.strerror or err}",
+                             hint=_UNREADABLE_HINT.format(root=self.root_dir)) from None
+
     def image_ids(self) -> list[str]:
         """Ids that have a metadata file (READY or not)."""
         if not is_dir(self.root_dir):
             return []
-        ids = (name[:-5] for name in os.listdir(self.root_dir) if name.endswith(".json"))
+        try:
+            names = os.listdir(self.root_dir)
+        except OSError as err:
+            raise StoreError(f"cannot list {self.root_dir}: {err.strerror or err}",
+                             hint=_UNREADABLE_HINT.format(root=self.root_dir)) from None
+        ids = (name[:-5] for name in names if name.endswith(".json"))
         return sorted(i for i in ids if _is_id(i))
+
+    def _listing(self, directory: Path) -> list[Path]:
+        """The sorted entries of a directory of this store (none if it does not exist, or is no
+        directory); :class:`StoreError` if it cannot be read."""
+        try:
+            return sorted(directory.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as err:
+            raise StoreError(f"cannot list {directory}: {err.strerror or err}",
+                             hint=_UNREADABLE_HINT.format(root=self.root_dir)) from None
 
 
 def search_roots(image_path: str, user_image_path: str, home: str | None = None) -> list[Path]:

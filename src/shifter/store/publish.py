@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from shifter.errors import DiskFullError, StoreError
+from shifter.errors import DISK_FULL_HINT, DiskFullError, StoreError
 from shifter.store.access import apply_access
 from shifter.store.layout import ImageStore, check_id
 from shifter.store.locks import FileLock
@@ -30,7 +30,7 @@ def storage_error(err: OSError, what: str) -> StoreError:
     """Map an OSError while writing to :class:`DiskFullError` (ENOSPC/EDQUOT) or :class:`StoreError`."""
     if err.errno in _FULL:
         return DiskFullError(f"no space left while {what}",
-                             hint="free space in the image store (shifterimg rm old images) or ask an admin")
+                             hint=DISK_FULL_HINT)
     return StoreError(f"failed while {what}: {err.strerror or err}",
                       hint="check permissions and free space of the image store")
 

@@ -26,7 +26,7 @@ import stat
 from pathlib import Path
 from typing import IO
 
-from shifter.errors import DiskFullError, LayerError, StoreError
+from shifter.errors import DISK_FULL_HINT, DiskFullError, LayerError, StoreError
 from shifter.unpack.planner import (
     MakeDir,
     MakeLink,
@@ -111,11 +111,40 @@ class Executor:
             src_parent, src_name = self._parent(op.target)
             parent, name = self._parent(op.path)
             # follow_symlinks=False: linkat() without AT_SYMLINK_FOLLOW links the entry itself.
-            os.link(src_name, name, src_dir_fd=src_parent, dst_dir_fd=parent, follow_symlinks=False)
+            try:
+                os.link(src_name, name, src_dir_fd=src_parent, dst_dir_fd=parent, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno != errno.EMLINK:
+                    raise
+                self._copy_entry(src_parent, src_name, parent, name)
         else:
             self._set_dir_meta(op)
 
     # ----------------------------------------------------------------- operations
+    @staticmethod
+    def _copy_entry(src_parent: int, src_name: bytes, parent: int, name: bytes) -> None:
+        """A hard link past the file system's limit (EMLINK: 65,000 on ext4): write a copy instead.
+        The image's content is the same (squashfs deduplicates the data); only the link count
+        differs.  The source is opened without following a symlink at its leaf; a symlink is
+        copied as a symlink."""
+        st = os.stat(src_name, dir_fd=src_parent, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src_name, dir_fd=src_parent), name, dir_fd=parent)
+            os.utime(name, ns=(st.st_mtime_ns, st.st_mtime_ns), dir_fd=parent, follow_symlinks=False)
+            return
+        src = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_parent)
+        try:
+            fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=parent)
+            try:
+                with os.fdopen(os.dup(src), "rb") as reader:
+                    _copy(reader, fd)
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+                os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
+            finally:
+                os.close(fd)
+        finally:
+            os.close(src)
+
     def _write_file(self, op: WriteFile, data: IO[bytes] | None) -> None:
         parent, name = self._parent(op.path)
         # O_EXCL|O_NOFOLLOW: a file, symlink or anything else at the leaf is an error, so
@@ -192,7 +221,7 @@ def _write_error(op: Op, exc: OSError) -> Exception:
     where = show(op.path)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"no space left while writing '/{where}' of the flattened image",
-                             hint="free space in the image store (or raise the quota) and pull again")
+                             hint=DISK_FULL_HINT)
     if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST, errno.ENOENT):
         # The disk does not look like the plan: never resolve that by following a link.
         return LayerError(f"refusing to write '/{where}': the tree on disk does not match the plan "

@@ -85,10 +85,13 @@ def iter_members(layer: Path, label: str, report: FlattenReport,
         except tarfile.TarError as exc:
             raise layer_error(label, exc) from exc
         with tar:
+            info = None
             while True:
                 try:
                     info = tar.next()
                 except tarfile.TarError as exc:
+                    if info is not None and _ends_after(stream.tell(), info):
+                        return  # ends cleanly after its last member, without the padding (umoci 0.4.7)
                     raise layer_error(label, exc) from exc
                 if info is None:
                     return
@@ -98,6 +101,13 @@ def iter_members(layer: Path, label: str, report: FlattenReport,
                 yield tar, info
 
 
+def _ends_after(length: int, last: tarfile.TarInfo) -> bool:
+    """Did the stream hold all of ``last``'s data?  Then only the zero padding after it (to the
+    next 512-byte block, and the two end-of-archive blocks) is missing, which tar readers such
+    as skopeo's, umoci's and podman's accept; a stream cut inside the data stays an error."""
+    return length >= last.offset_data + (last.size if last.isreg() else 0)
+
+
 def layer_label(index: int, layers: Sequence[Path]) -> str:
     """How a layer is named in messages: its position and the start of its blob name."""
     return f"layer {index + 1}/{len(layers)} ({Path(layers[index]).name[:19]})"
@@ -105,8 +115,8 @@ def layer_label(index: int, layers: Sequence[Path]) -> str:
 
 def layer_error(label: str, exc: Exception) -> LayerError:
     return LayerError(f"{label} is not a valid tar archive: {exc}",
-                      hint="the image or the blob cache is corrupt; delete the cached blob and pull "
-                           "again, or rebuild the image")
+                      hint="the layer's digest matched, so the image was built this way: rebuild it "
+                           "(e.g. with 'tar' and 'umoci raw add-layer') and push it again")
 
 
 def header_of(info: tarfile.TarInfo) -> Header:

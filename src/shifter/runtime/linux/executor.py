@@ -9,6 +9,12 @@ One small function per operation kind.  Security notes that hold throughout:
   new mount is kept (``Context.mounts``) and the remount (nosuid, nodev, ro) goes through
   it.  A path is never looked up again: the user may have swapped a directory of their
   volume for a symlink by then, and the remount would land on another mount.
+* Every bind takes the source's whole tree (``AT_RECURSIVE``): a bind without the mounts below
+  the source would show the files those mounts hide (the kernel refuses it in a user namespace
+  for that reason; as root it must be refused by us).  Its flags go on every mount of the tree
+  at once (``mount_setattr(AT_RECURSIVE)``) while the clone is still detached.  Kernels without
+  ``mount_setattr`` (< 5.12) refuse a volume with mounts below it rather than leave them
+  without nosuid/nodev/ro.
 * Container paths are resolved with ``RESOLVE_IN_ROOT`` (see :mod:`.fsutil`), and user
   volume targets are re-checked against the target rules *after* resolution, so a symlink
   inside a volume or the image cannot move a mount onto ``/etc``.
@@ -19,6 +25,9 @@ One small function per operation kind.  Security notes that hold throughout:
   holds the container's namespaces, so they die with the command, also on SIGKILL.  The
   only helper, squashfuse, lives outside the container's mount namespace; it exits when the
   namespace (and with it the FUSE mount) goes away.
+* Root never waits for ever on a squashfuse run as the user: a deadline covers the privileged
+  phase, and on failure the helper's processes are killed and its connection aborted (see
+  :mod:`.fusehelper`).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import warnings  # noqa: F401  (os.execvpe imports it, after chroot, where the h
 
 from shifter.errors import ContainerError, VolumeError
 from shifter.runtime import plan as p
-from shifter.runtime.linux import fsutil, targets
+from shifter.runtime.linux import fsutil, mounttree, targets
 from shifter.runtime.linux import syscalls as sc
 
 TYPE_CHECKING = False  # typing, collections and dataclasses cost launch time
@@ -40,11 +49,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
+    from shifter.runtime.linux.fusehelper import Helper
+
     Warn = Callable[[str], None]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 _NEW_FILE = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _IMAGE_FLAGS = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
+# Plan flag names -> MOUNT_ATTR_* bits -> MS_* bits (for remounts on kernels < 5.12).
+_ATTRS = {"nosuid": sc.MOUNT_ATTR_NOSUID, "nodev": sc.MOUNT_ATTR_NODEV, "noexec": sc.MOUNT_ATTR_NOEXEC}
+_ATTR_MS = ((sc.MOUNT_ATTR_RDONLY, sc.MS_RDONLY), (sc.MOUNT_ATTR_NOSUID, sc.MS_NOSUID),
+            (sc.MOUNT_ATTR_NODEV, sc.MS_NODEV), (sc.MOUNT_ATTR_NOEXEC, sc.MS_NOEXEC))
 # statvfs f_flag bits that a remount must keep (the kernel locks them on mounts a user
 # namespace inherited; dropping one makes the remount fail with EPERM).
 _KEEP_FLAGS = ((os.ST_RDONLY, sc.MS_RDONLY), (os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV),
@@ -68,26 +83,81 @@ class Context:
         self.user = user
         self.root_fd = -1
         self.fuse_fd = -1
-        self.helper_pid = 0
-        self.helper_go = -1
+        self.helper: Helper | None = None
+        self.fuse_op: p.MountImage | None = None
+        # What shifter-setup records for shifter-teardown: the connection, (pid, start time)s.
+        self.fuse_connection = -1
+        self.fuse_daemons: list[tuple[int, int]] = []
         self.mounted: list[str] = []
         # container target -> fd naming the root of the mount made there (see remount)
         self.mounts: dict[str, int] = {}
+        # host paths where the container is built (udiMount, the image): no volume may bind them
+        self.setup_paths: list[str] = []
 
 
 def run(plan: p.Plan, warn: Warn, stop_before: str = "") -> Context:
     """Execute ``plan`` in order; ``Exec`` does not return.  ``stop_before`` names a phase
     at which to stop (``shifter-setup`` stops before ``enter``)."""
     ctx = Context(warn, plan.user)
-    for op in plan.ops:
-        if op.phase == stop_before:
-            break
-        try:
-            _HANDLERS[type(op)](op, ctx)
-        except OSError as err:
-            raise ContainerError(f"{op.phase}: {_describe(op)}: {err.strerror or err}",
-                                 hint=_hint(op, err)) from None
+    try:
+        for op in plan.ops:
+            if op.phase == stop_before:
+                break
+            if isinstance(op, p.DropPrivileges):
+                _privileged_phase_done(ctx)
+            try:
+                _HANDLERS[type(op)](op, ctx)
+            except OSError as err:
+                raise ContainerError(f"{op.phase}: {_describe(op)}: {err.strerror or err}",
+                                     hint=_hint(op, err)) from None
+        _privileged_phase_done(ctx)
+    except BaseException:
+        _stop_helper(ctx)
+        raise
     return ctx
+
+
+def _privileged_phase_done(ctx: Context) -> None:
+    """Root is done with the FUSE mount: end the deadline (failing if it struck first) and let the
+    daemon go its own way."""
+    helper = ctx.helper
+    if helper is None:
+        return
+    if helper.disarm():
+        raise _fuse_timeout(ctx)
+    if helper.connection >= 0:
+        from shifter.runtime.linux.fusehelper import process_start_time  # noqa: PLC0415
+
+        ctx.fuse_connection = helper.connection
+        ctx.fuse_daemons = [(pid, process_start_time(pid)) for pid in helper.daemons]
+    helper.release()
+    ctx.helper = None
+
+
+def _stop_helper(ctx: Context) -> None:
+    """On any failure: kill the helper's processes and abort its connection, and if the deadline
+    struck, say so (the error that surfaced is then only its consequence, e.g. ENOTCONN)."""
+    helper, ctx.helper = ctx.helper, None
+    if ctx.fuse_fd >= 0:
+        os.close(ctx.fuse_fd)
+        ctx.fuse_fd = -1
+    if helper is None:
+        return
+    timed_out = helper.fired
+    helper.kill()
+    if timed_out:
+        raise _fuse_timeout(ctx) from None
+
+
+def _fuse_timeout(ctx: Context) -> ContainerError:
+    from shifter.runtime.linux.fusehelper import FuseTimeout  # noqa: PLC0415
+
+    op = ctx.fuse_op
+    source, owner, seconds = (op.source, op.owner, op.timeout) if op else ("the image", "", 0.0)
+    return FuseTimeout(f"squashfuse serving {source} (run as {owner or ctx.user[0]}) did not answer within "
+                       f"{seconds:g} s; the container was not set up",
+                       hint="the daemon was stopped or hung (SIGSTOP, a debugger): leave squashfuse running "
+                            "while shifter starts and try again; the site's limit is fuseTimeout")
 
 
 def _describe(op: p.Op) -> str:
@@ -103,12 +173,32 @@ def _describe(op: p.Op) -> str:
 def _hint(op: p.Op, err: OSError) -> str:
     if isinstance(op, p.EnterNamespaces) and op.user_ns:
         return "unprivileged user namespaces may be disabled (sysctl user.max_user_namespaces)"
+    missing = _missing_mountpoint(op)
+    if missing:  # before the squashfuse hint: a missing directory is not a FUSE problem
+        return f"{missing} does not exist: the site admin must create it (see udiRoot.conf)"
     if isinstance(op, p.MountImage) and op.method == "squashfuse":
         return "squashfuse and a usable /dev/fuse (mode 0666) are needed to run unprivileged"
     if isinstance(op, p.MountRootTmpfs | p.MountImage) and err.errno == errno.ENOENT:
         return "the site's udiMount/loopMount directories must exist (see udiRoot.conf)"
     if isinstance(op, p.MountRootTmpfs) and err.errno == errno.EOPNOTSUPP:
         return "a prepared container needs a kernel whose tmpfs has POSIX ACLs (CONFIG_TMPFS_POSIX_ACL)"
+    return ""
+
+
+def _missing_mountpoint(op: p.Op) -> str:
+    """``loopMount /path`` or ``udiMount /path`` when that configured directory is missing."""
+    if isinstance(op, p.MountImage):
+        key, path = "loopMount", op.mountpoint
+    elif isinstance(op, p.MountRootTmpfs):
+        key, path = "udiMount", op.root
+    else:
+        return ""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"{key} {path}"
+    except OSError:
+        return ""
     return ""
 
 
@@ -146,38 +236,13 @@ def _start_fuse_helper(ctx: Context) -> None:
     The FUSE fd must be opened inside our user namespace (the kernel checks the opener's
     namespace at mount time), but the daemon must not sit in the container's mount
     namespace, or it would keep that namespace, and so itself, alive after the command.
-    The child waits until the parent has mounted the connection, then execs squashfuse on
-    ``/dev/fd/N``.
+    The helper waits until we have mounted the connection, then execs squashfuse on
+    ``/dev/fd/N`` (as the container's user when we are root; see :mod:`.fusehelper`).
     """
+    from shifter.runtime.linux import fusehelper  # noqa: PLC0415  (squashfuse images only)
+
     ctx.fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    read_end, ctx.helper_go = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: wait for "go" (or EOF if the parent failed), never return
-        try:
-            os.close(ctx.helper_go)
-            args = os.read(read_end, 65536).decode().split("\0")
-            if len(args) >= 2:
-                _helper_identity(ctx.user)
-                os.set_inheritable(ctx.fuse_fd, True)
-                env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
-                os.execvpe(args[0], [args[0], args[1], f"/dev/fd/{ctx.fuse_fd}"], env)  # noqa: S606
-        finally:
-            os._exit(127)
-    os.close(read_end)
-    ctx.helper_pid = pid
-
-
-def _helper_identity(user: tuple[int, int, tuple[int, ...]]) -> None:
-    """As root, serve the image as the container's user: squashfuse then parses a squashfs the
-    user may have crafted (per-user store) with the user's rights only, and opens the file with
-    them.  The FUSE fd was opened by root already; serving it needs no privilege."""
-    uid, gid, groups = user
-    if os.geteuid() != 0 or uid == 0:
-        return  # in a user namespace we are the user already; a root container stays root
-    sc.setgroups(list(groups))
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    ctx.helper = fusehelper.start(ctx.fuse_fd, ctx.user)
 
 
 # --- image ---------------------------------------------------------------------------------------
@@ -185,6 +250,7 @@ def _helper_identity(user: tuple[int, int, tuple[int, ...]]) -> None:
 def mount_image(op: p.MountImage, ctx: Context) -> None:
     """Mount the image read-only, nosuid, nodev at the loop mount point."""
     target = _open_dir(op.mountpoint)
+    ctx.setup_paths.append(fsutil.real_path(target))
     try:
         if op.method == "loop":
             _mount_loop(op.source, target)
@@ -193,13 +259,10 @@ def mount_image(op: p.MountImage, ctx: Context) -> None:
         elif op.method == "bind":
             source = os.open(op.source, fsutil.PATH_FLAGS | os.O_DIRECTORY)
             try:
-                mounted = _attach_bind(source, target, True, lambda: _open_dir(op.mountpoint))
+                attrs = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+                os.close(_attach_bind(source, target, lambda: _open_dir(op.mountpoint), attrs))
             finally:
                 os.close(source)
-            try:
-                _remount_fd(mounted, _IMAGE_FLAGS)
-            finally:
-                os.close(mounted)
         else:
             raise ContainerError(f"unknown image mount method {op.method!r}")
     finally:
@@ -225,28 +288,41 @@ def _mount_loop(squashfs: str, target: int) -> None:
 
 
 def _mount_squashfuse(op: p.MountImage, target: int, ctx: Context) -> None:
-    if ctx.fuse_fd < 0:
+    from shifter.runtime.linux import fusehelper  # noqa: PLC0415  (squashfuse images only)
+
+    if ctx.helper is None:
         # shifter-setup builds in the host mount namespace: the daemon may be forked now (it
         # lives until shifter-teardown unmounts the image).
         _start_fuse_helper(ctx)
+    helper = ctx.helper
+    assert helper is not None
+    ctx.fuse_op = op
+    # Root serving for another user: from now on root may wait on that user's process (the
+    # "ready" below, every access to the mount), so the deadline starts here.
+    watched = os.geteuid() == 0 and ctx.user[0] != 0
+    if watched:
+        helper.arm(op.timeout)
+        mountpoint = fsutil.real_path(target)
     data = f"fd={ctx.fuse_fd},rootmode=40000,user_id={os.geteuid()},group_id={os.getegid()}"
     if os.geteuid() == 0:
         # Privileged: root mounts, the (unprivileged) container user reads; the kernel checks
         # the image's file modes as it would on a loop mount.
         data += ",allow_other,default_permissions"
     sc.mount("squashfuse", fsutil.fd_path(target), "fuse.squashfuse", _IMAGE_FLAGS, data)
-    os.write(ctx.helper_go, f"{op.helper}\0{op.source}".encode())
-    os.close(ctx.helper_go)
+    if watched:
+        helper.set_connection(fusehelper.connection_of(mountpoint))
+    helper.serve(op.helper, op.source)
     # Our copy of the fd must go: if the daemon dies, the connection then aborts (ENOTCONN)
     # instead of hanging every access.
     os.close(ctx.fuse_fd)
     ctx.fuse_fd = -1
     # squashfuse daemonises once it serves the mount: its first process exiting 0 is our
     # "ready" signal; anything else means it failed (bad image, missing binary).
-    _, status = os.waitpid(ctx.helper_pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise ContainerError(f"squashfuse failed to serve {op.source} "
-                             f"(exit status {os.waitstatus_to_exitcode(status)})",
+    status = helper.wait_ready()
+    if helper.fired:
+        raise _fuse_timeout(ctx)
+    if status != 0:
+        raise ContainerError(f"squashfuse failed to serve {op.source} (exit status {status})",
                              hint="check that squashfuse is installed and the image file is readable")
 
 
@@ -261,13 +337,10 @@ def mount_root_tmpfs(op: p.MountRootTmpfs, ctx: Context) -> None:
         os.close(target)
     # Re-open: the fd must name the new tmpfs, not the directory underneath it.
     ctx.root_fd = _open_dir(op.root)
+    ctx.setup_paths.append(fsutil.real_path(ctx.root_fd))
     if op.only_for > 0:  # a prepared tree for a user (mode 0700 already keeps root's own to root)
         _allow_only(ctx.root_fd, op.only_for)
 
-
-# POSIX ACL xattr (linux/posix_acl_xattr.h): version 2, then (tag, perm, id) entries sorted by tag.
-_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
-_NO_ID = 0xFFFFFFFF
 
 
 def _allow_only(root_fd: int, uid: int) -> None:
@@ -282,12 +355,12 @@ def _allow_only(root_fd: int, uid: int) -> None:
     tmpfs): its owner could rename and replace the tree's top-level entries, its ``/etc``
     included, while root builds it, and chmod it open.
     """
-    entries = ((_ACL_USER_OBJ, 7, _NO_ID), (_ACL_USER, 5, uid), (_ACL_GROUP_OBJ, 0, _NO_ID),
-               (_ACL_MASK, 5, _NO_ID), (_ACL_OTHER, 0, _NO_ID))
-    data = (2).to_bytes(4, "little") + b"".join(
-        tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
-        for tag, perm, ident in entries)
-    os.setxattr(fsutil.fd_path(root_fd), "system.posix_acl_access", data)
+    from shifter.store import access  # noqa: PLC0415  (prepared setup only)
+
+    data = access.acl_xattr([(access.ACL_USER_OBJ, 7, access.NO_ID), (access.ACL_USER, 5, uid),
+                             (access.ACL_GROUP_OBJ, 0, access.NO_ID), (access.ACL_MASK, 5, access.NO_ID),
+                             (access.ACL_OTHER, 0, access.NO_ID)])
+    os.setxattr(fsutil.fd_path(root_fd), access.XATTR, data)
     if stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o007:
         raise ContainerError("the prepared container root is open to other users",
                              hint="this is a bug in shifter; please report it")
@@ -400,6 +473,8 @@ def bind(op: p.Bind, ctx: Context) -> None:
     if source < 0:
         return
     try:
+        if op.phase != "system":
+            _check_not_setup_tree(ctx, source, op.source)
         is_dir = stat.S_ISDIR(os.fstat(source).st_mode)
         if op.check_target:
             _check_target_path(ctx, op.target)
@@ -420,10 +495,13 @@ def bind(op: p.Bind, ctx: Context) -> None:
         try:
             if op.check_target:
                 _recheck_resolved(ctx, target, op.target)
-            mounted = _attach_bind(source, target, op.recursive, _reopen_in_root(ctx, target))
+            mounted = _attach_bind(source, target, _reopen_in_root(ctx, target), _bind_attrs(op),
+                                   walk=op.phase == "system", devices=op.devices)
         finally:
             os.close(target)
         try:
+            if op.devices:
+                _allow_devices(mounted)
             if op.slave or op.private:
                 # Through the new mount's fd: its path may already lead elsewhere.
                 kind = sc.MS_SLAVE if op.slave else sc.MS_PRIVATE
@@ -518,48 +596,125 @@ def _own_cache_root(ctx: Context, op: p.MountCache, rdev: int) -> int:
     return top
 
 
-def _attach_bind(source: int, target: int, recursive: bool, reopen: Callable[[], int]) -> int:
-    """Bind ``source`` onto ``target``; returns an fd naming the root of the new mount.
+def _bind_attrs(op: p.Bind) -> int:
+    """The ``MOUNT_ATTR_*`` bits of a bind's flags (and read-only)."""
+    attrs = sc.MOUNT_ATTR_RDONLY if op.read_only else 0
+    for name in op.flags:
+        attrs |= _ATTRS[name]
+    return attrs
 
-    The bind is cloned detached (``open_tree``) and attached with ``move_mount``: the clone's
-    fd names exactly the mount we made, wherever its path leads later.  On kernels without
-    that API (< 5.2) we ``mount`` and ``reopen`` the target, and refuse anything but the
-    source's object on a mount other than the target's.
+
+def _attach_bind(source: int, target: int, reopen: Callable[[], int], attrs: int, *, walk: bool = False,
+                 devices: bool = False) -> int:
+    """Bind the whole tree of ``source`` onto ``target``, every mount of it with ``attrs``;
+    returns an fd naming the root of the new mount.
+
+    Recursive always: a bind of the top mount alone would show what the mounts below the
+    source hide (the kernel's rule for user namespaces; as root we must keep it ourselves).
+    The tree is cloned detached (``open_tree``), its flags set on every mount while detached
+    (nothing is visible without them), and attached with ``move_mount``: the clone's fd names
+    exactly the mount we made, wherever its path leads later.  On kernels without that API
+    (< 5.2) we ``mount`` and ``reopen`` the target, and refuse anything but the source's object
+    on a mount other than the target's.  ``walk``/``devices``: see :func:`_seal_without_setattr`.
     """
     try:
-        tree = _clone_tree(source, recursive)
+        tree = sc.open_tree_clone(source, True)
     except OSError as err:
         if err.errno != errno.ENOSYS:
             raise
-        _bind_fds(source, target, recursive)
-        return _check_reopened(reopen(), target, source, fsutil.real_path(target))
+        sc.mount(fsutil.fd_path(source), fsutil.fd_path(target), None, sc.MS_BIND | sc.MS_REC)
+        mounted = _check_reopened(reopen(), target, source, fsutil.real_path(target))
+        try:
+            if not _set_tree_attrs(mounted, attrs):
+                _seal_without_setattr(mounted, attrs, walk, devices)
+        except BaseException:
+            os.close(mounted)
+            raise
+        return mounted
     try:
+        sealed = _set_tree_attrs(tree, attrs)
         sc.move_mount(tree, target)
-    except OSError:
+        if not sealed:
+            _seal_without_setattr(tree, attrs, walk, devices)
+    except BaseException:
         os.close(tree)
         raise
     return tree
 
 
-def _clone_tree(source: int, recursive: bool) -> int:
+def _set_tree_attrs(fd: int, attrs: int) -> bool:
+    """``attrs`` on every mount of the tree at ``fd``; False on kernels without ``mount_setattr``.
+    Only adds flags: those the kernel locked on mounts a user namespace inherited stay."""
     try:
-        return sc.open_tree_clone(source, recursive)
+        sc.mount_setattr(fd, attrs, recursive=True)
     except OSError as err:
-        # In a user namespace a plain bind of a tree with inherited (locked) submounts is
-        # refused, since it would reveal what those mounts cover: bind the whole tree.
-        if recursive or err.errno != errno.EINVAL:
+        if err.errno != errno.ENOSYS:
             raise
-        return sc.open_tree_clone(source, True)
+        return False
+    return True
 
 
-def _bind_fds(source: int, target: int, recursive: bool) -> None:
+def _seal_without_setattr(fd: int, attrs: int, walk: bool, devices: bool) -> None:
+    """Linux < 5.12: flags one mount at a time, with a bind remount.
+
+    A volume with mounts below it is refused: reaching them means looking paths up in a tree
+    the user may rename in (from the host's namespace) while we work.  The system trees
+    (``walk``: ``/dev``, ``/proc``, ``/sys``, ``/tmp``, root's) are walked (:mod:`.mounttree`)."""
+    below = mounttree.submounts(fd)
+    if below and not walk:
+        raise VolumeError(f"{fsutil.real_path(fd)} has other file systems mounted below it, and this kernel "
+                          "(no mount_setattr, Linux < 5.12) cannot give them the volume's flags",
+                          hint="bind a directory with no mounts below it, or use Linux 5.12 or newer")
+    with_devices = attrs & ~sc.MOUNT_ATTR_NODEV if devices else attrs
+    _remount_fd(fd, _ms_flags(with_devices))
+    for mount_id, relative, fstype in below:
+        sub = mounttree.open_submount(fd, relative, mount_id)
+        if sub < 0:
+            continue  # covered by another mount listed here (not reachable: it keeps its flags)
+        try:
+            _remount_fd(sub, _ms_flags(with_devices if fstype == "devpts" else attrs))
+        finally:
+            os.close(sub)
+
+
+def _allow_devices(fd: int) -> None:
+    """Take ``nodev`` off again where device nodes must work: the top of the tree (``/dev``:
+    ``/dev/null``, ``/dev/zero``...) and every reachable ``devpts`` mount (ptys).  Every other mount
+    below (``/dev/shm``, ``/dev/mqueue``, covered ones included) stays ``nodev``.  Root's tree: see
+    :mod:`.mounttree` for how the paths are trusted."""
     try:
-        flags = sc.MS_BIND | (sc.MS_REC if recursive else 0)
-        sc.mount(fsutil.fd_path(source), fsutil.fd_path(target), None, flags)
+        sc.mount_setattr(fd, 0, sc.MOUNT_ATTR_NODEV)
     except OSError as err:
-        if recursive or err.errno != errno.EINVAL:  # see _clone_tree
-            raise
-        sc.mount(fsutil.fd_path(source), fsutil.fd_path(target), None, sc.MS_BIND | sc.MS_REC)
+        if err.errno == errno.ENOSYS:
+            return  # _seal_without_setattr left nodev off these already
+        raise
+    for mount_id, relative, fstype in mounttree.submounts(fd):
+        if fstype != "devpts":
+            continue
+        sub = mounttree.open_submount(fd, relative, mount_id)
+        if sub >= 0:
+            try:
+                sc.mount_setattr(sub, 0, sc.MOUNT_ATTR_NODEV)
+            finally:
+                os.close(sub)
+
+
+def _ms_flags(attrs: int) -> int:
+    return sum(ms for attr, ms in _ATTR_MS if attrs & attr)
+
+
+def _check_not_setup_tree(ctx: Context, source: int, name: str) -> None:
+    """Refuse a volume whose source (where it really is) holds or lies in the container's own
+    tree (``udiMount``) or image (``loopMount``): bound recursively, the tree would show up
+    inside itself (see ``plan.check_not_setup_tree``)."""
+    from shifter.config.site import paths_overlap  # noqa: PLC0415
+
+    real = fsutil.real_path(source)
+    for path in ctx.setup_paths:
+        if paths_overlap(real, path):
+            raise VolumeError(f"volume source {name} ({real}) overlaps {path}, where the container is built",
+                              hint="bind a directory that does not contain the container's own tree "
+                                   "(udiMount, loopMount)")
 
 
 def _reopen_in_root(ctx: Context, target: int) -> Callable[[], int]:
@@ -649,8 +804,8 @@ def _recheck_resolved(ctx: Context, fd: int, asked: str) -> None:
 # --- remount, enter, drop, chdir, exec ------------------------------------------------------------
 
 def remount(op: p.Remount, ctx: Context) -> None:
-    """MS_BIND flags are ignored on the first bind: apply nosuid/nodev/ro with a remount,
-    keeping whatever flags the kernel has locked on the mount.
+    """The last word on a volume's flags, after every mount is made (see :class:`plan.Remount`);
+    flags the kernel has locked on a mount stay (they are only ever added).
 
     Through the fd kept when the mount was made (or the root's fd), never by path: by now
     the user may have swapped a directory of their volume for a symlink, and a lookup of
@@ -658,14 +813,20 @@ def remount(op: p.Remount, ctx: Context) -> None:
     """
     flags = sc.MS_NOSUID | (sc.MS_NODEV if op.nodev else 0) | (sc.MS_RDONLY if op.read_only else 0)
     if op.target == "/":
-        _remount_fd(ctx.root_fd, flags)
+        _remount_fd(ctx.root_fd, flags)  # this mount only: the volumes on it keep their own flags
         return
     fd = ctx.mounts.pop(op.target, -1)
     if fd < 0:
         raise ContainerError(f"remount: nothing was mounted at {op.target}",
                              hint="this is a bug in shifter's mount plan; please report it")
     try:
-        _remount_fd(fd, flags)
+        # nosuid/nodev on every mount of the volume's tree, including what was mounted into it
+        # since (exploded directories, nested volumes); read-only on the volume's own mounts (set
+        # when it was bound): a writable volume nested in a read-only one stays writable.
+        if not _set_tree_attrs(fd, sc.MOUNT_ATTR_NOSUID | (sc.MOUNT_ATTR_NODEV if op.nodev else 0)):
+            _remount_fd(fd, flags)
+        elif op.read_only:
+            sc.mount_setattr(fd, sc.MOUNT_ATTR_RDONLY)
     finally:
         os.close(fd)
 

@@ -211,11 +211,12 @@ def _valid_name(name: str) -> bool:
 # --- the decision (pure) -------------------------------------------------------------------------
 
 def decide(req: Request, record: "Record", environ: dict[str, str], ids: tuple[int, int], *,
-           groups: list[int], cwd: str) -> Entry | None:
+           groups: list[int], cwd: str, account: "list[tuple[str, str]] | None" = None) -> Entry | None:
     """The entry for ``req`` if the prepared container ``record`` serves it, else ``None``.
 
     ``ids`` are the caller's (uid, gid); ``groups`` its supplementary groups; ``cwd`` its working
-    directory.  The files the record names must have been checked already (:func:`files_unchanged`).
+    directory; ``account`` its :func:`identity_pairs` (looked up when needed if not given).  The
+    files the record names must have been checked already (:func:`files_unchanged`).
     """
     fast = record["fast"]
     if not isinstance(fast, dict) or fast.get("version") != FAST_VERSION:
@@ -229,7 +230,10 @@ def decide(req: Request, record: "Record", environ: dict[str, str], ids: tuple[i
     argv = _command(req, fast)
     if argv is None or not argv[0]:  # an empty command name: leave it to the full path's errors
         return None
-    return Entry(argv, compose_env(fast, environ, req), _candidates(req, cwd, fast["workdir"]))
+    env = compose_env(fast, environ, req, account, ids[0])
+    if env is None:
+        return None
+    return Entry(argv, env, _candidates(req, cwd, fast["workdir"]))
 
 
 def _acl_allows(acl: dict[str, list[int]] | None, ids: tuple[int, int], groups: list[int]) -> bool:
@@ -249,14 +253,23 @@ def _command(req: Request, fast: "Record") -> list[str] | None:
     return [*fast["entrypoint"], *(req.args or fast["cmd"])]
 
 
-def compose_env(fast: "Record", environ: dict[str, str], req: Request) -> dict[str, str]:
-    """``environment.compose_environment``: caller (unless ``-E``), image ENV, ``--env``, then the
-    module and site rules (flattened by ``shifter-setup`` in the order ``apply_rules`` applies them)."""
+def compose_env(fast: "Record", environ: dict[str, str], req: Request,
+                account: "list[tuple[str, str]] | None", uid: int) -> dict[str, str] | None:
+    """``environment.compose_environment``: caller (unless ``-E``), the identity variables it lacks
+    (the caller is the container's user here: nothing is replaced), image ENV, ``--env``, then the
+    module and site rules (flattened by ``shifter-setup`` in the order ``apply_rules`` applies them).
+    ``None`` when the caller's passwd entry is needed but cannot be read (the full path decides)."""
     env: dict[str, str] = {}
     if not req.clearenv:
         for name, value in environ.items():
             if _valid_name(name) and "\0" not in value:
                 env[name] = value
+    if any(name not in env for name in IDENTITY_NAMES):
+        account = account if account is not None else identity_pairs(uid)
+        if account is None:
+            return None
+        for name, value in account:  # environment.apply_identity(..., replace=False)
+            env.setdefault(name, value)
     env.update(fast["env"])
     env.update(req.env)
     for op, name, value in fast["rules"]:
@@ -269,6 +282,22 @@ def compose_env(fast: "Record", environ: dict[str, str], req: Request) -> dict[s
         else:
             env.pop(name, None)
     return env
+
+
+IDENTITY_NAMES = ("HOME", "USER", "LOGNAME", "SHELL")
+
+
+def identity_pairs(uid: int) -> "list[tuple[str, str]] | None":
+    """``environment.identity_env`` of the caller (``cli.shifter.caller_identity``'s passwd entry), or
+    ``None`` when it has none (the full path then uses fallbacks we do not copy)."""
+    import pwd  # noqa: PLC0415  (built in; only when a variable is missing, e.g. with --clearenv)
+
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return None
+    pairs = [("HOME", entry.pw_dir), ("USER", entry.pw_name), ("LOGNAME", entry.pw_name)]
+    return [*pairs, ("SHELL", entry.pw_shell)] if entry.pw_shell else pairs
 
 
 def _candidates(req: Request, cwd: str, image_workdir: str) -> tuple[str, ...]:
@@ -668,5 +697,5 @@ def try_enter(argv: list[str]) -> int | None:
     return enter(str(record["udi_mount"]), ids, entry, _warn)
 
 
-__all__ = ["Entry", "Request", "compose_env", "config_udi_mount", "decide", "enter", "file_state",
-           "files_unchanged", "parse_request", "read_record", "request_key", "try_enter"]
+__all__ = ["IDENTITY_NAMES", "Entry", "Request", "compose_env", "config_udi_mount", "decide", "enter", "file_state",
+           "files_unchanged", "identity_pairs", "parse_request", "read_record", "request_key", "try_enter"]

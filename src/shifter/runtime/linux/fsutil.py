@@ -101,6 +101,27 @@ def _walk_in_root(root_fd: int, parts: list[str], flags: int) -> int:
             os.close(fd)
 
 
+def open_chain(parent: int, names: list[str], what: str) -> int:
+    """An ``O_PATH`` fd of ``names`` below directory fd ``parent``, one component at a time,
+    following no symlink: ``ELOOP`` (naming ``what``) for a symlink, ``EXDEV`` for ``.``/``..``.
+    The walk for kernels without ``openat2`` (< 5.6) and for trees we just made."""
+    current = os.dup(parent)
+    try:
+        for name in names:
+            if name in (".", ".."):
+                raise OSError(errno.EXDEV, f"unexpected component in {what}", name)
+            nxt = os.open(name, PATH_FLAGS | os.O_NOFOLLOW, dir_fd=current)
+            os.close(current)
+            current = nxt
+            if stat.S_ISLNK(os.fstat(current).st_mode):
+                raise OSError(errno.ELOOP, f"{what} is a symlink", name)
+        found, current = current, -1
+        return found
+    finally:
+        if current >= 0:
+            os.close(current)
+
+
 def real_path(fd: int) -> str:
     """Where ``fd`` really is (the kernel's view, for checks and messages)."""
     return os.readlink(fd_path(fd))

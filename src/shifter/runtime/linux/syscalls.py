@@ -53,6 +53,7 @@ _SYSCALLS = {
 }
 # The mount API of Linux 5.2 has the same numbers on every architecture.
 _NR_OPEN_TREE, _NR_MOVE_MOUNT, _NR_FSOPEN, _NR_FSCONFIG, _NR_FSMOUNT = 428, 429, 430, 431, 432
+_NR_MOUNT_SETATTR = 442  # Linux 5.12, the same on every architecture
 _NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
 
 # openat2 resolve flags (linux/openat2.h)
@@ -75,6 +76,7 @@ FSCONFIG_CMD_CREATE = 6
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -205,6 +207,21 @@ def fsmount_new(fstype: str, options: dict[str, str], attr: int) -> int:
                         ctypes.c_uint(attr))
     finally:
         os.close(fs_fd)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, *, recursive: bool = False) -> None:
+    """``mount_setattr(fd, "", AT_EMPTY_PATH[|AT_RECURSIVE])``: set/clear ``MOUNT_ATTR_*`` flags on
+    the mount behind ``fd`` (and every mount below it when ``recursive``), attached or detached.
+    Flags not named are left alone.  Raises ``OSError(ENOSYS)`` on kernels older than 5.12."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _syscall(_NR_MOUNT_SETATTR, "mount_setattr", ctypes.c_int(fd), b"", ctypes.c_uint(flags), ctypes.byref(attr),
+             ctypes.c_size_t(ctypes.sizeof(attr)))
 
 
 def mount_id(fd: int) -> int:

@@ -92,28 +92,10 @@ def _create_in_exploded(root_fd: int, prefix: str, missing: list[str], directory
         _create_chain(top, missing, directory)
         # The new tmpfs only holds mount points: read-only from now on.
         sc.mount(None, fsutil.fd_path(top), None, _SEAL)
-        return _open_chain(top, missing)
+        # the sealed tmpfs holds what _create_chain made; anything else there is refused
+        return fsutil.open_chain(top, missing, "a volume target made for the container")
     finally:
         os.close(top)
-
-
-def _open_chain(parent: int, names: list[str]) -> int:
-    """An ``O_PATH`` fd of ``names`` below directory fd ``parent``, one component at a time,
-    following no symlink (the sealed tmpfs holds what :func:`_create_chain` made; anything else
-    there is refused)."""
-    current = os.dup(parent)
-    try:
-        for name in names:
-            nxt = os.open(name, fsutil.PATH_FLAGS | os.O_NOFOLLOW, dir_fd=current)
-            os.close(current)
-            current = nxt
-            if stat.S_ISLNK(os.fstat(current).st_mode):
-                raise OSError(errno.ELOOP, "a volume target became a symlink while it was created", name)
-        found, current = current, -1
-        return found
-    finally:
-        if current >= 0:
-            os.close(current)
 
 
 def _create_as_user(parent: int, names: list[str], directory: bool, user: User | None) -> bool:
