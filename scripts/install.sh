@@ -14,7 +14,8 @@ if [ "${SHIFTER_SKIP_APT:-0}" != 1 ]; then
   apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-pip squashfs-tools squashfs-tools-ng squashfuse fuse3 util-linux \
     docker-registry skopeo umoci apache2-utils busybox-static zstd hyperfine charliecloud-runtime \
-    munge xfsprogs podman runc ca-certificates postgresql rsync openssh-client >/dev/null
+    munge xfsprogs podman runc ca-certificates postgresql mpich libmpich-dev gcc libc6-dev rsync openssh-client \
+    >/dev/null
 fi
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
   mkdir -p "$PREFIX"
@@ -47,4 +48,13 @@ for key in imagePath udiMount loopMount; do
   dir=$(sed -n "s/^[[:space:]]*$key[[:space:]]*=[[:space:]]*//p" /etc/shifter/udiRoot.conf | tail -n 1)
   [ -n "$dir" ] && install -d -m 0755 "$dir"
 done
+# The shipped plugin modules (docs/modules.md), configured only where the host has what they need
+# and the site has not configured them already: mpich (an MPICH-ABI library in the linker cache)
+# and gpu (an NVIDIA driver: libcuda or libnvidia-ml in the linker cache).
+add_module() {  # name plugin
+  grep -q "^[[:space:]]*module_$1_" /etc/shifter/udiRoot.conf || printf 'module_%s_plugin=%s\n' "$1" "$2" \
+    >> /etc/shifter/udiRoot.conf
+}
+if ldconfig -p | grep -qE '^[[:space:]]*lib(mpi|mpich)\.so\.12 '; then add_module mpich mpich; fi
+if ldconfig -p | grep -qE '^[[:space:]]*lib(cuda|nvidia-ml)\.so\.1 '; then add_module gpu gpu; fi
 echo "shifter installed in $PREFIX"

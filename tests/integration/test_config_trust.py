@@ -117,4 +117,5 @@ def test_config_naming_a_directory_or_fifo_is_refused_without_blocking(base: Pat
                                                                        args: tuple[str, ...], kind: str) -> None:
     conf = base / "odd.conf"
     conf.mkdir() if kind == "directory" else os.mkfifo(conf, 0o644)
-    _assert_one_line_error(_run(conf, tool, args), tool, "not a regular file")
+    why = "is a directory" if kind == "directory" else "not a regular file"
+    _assert_one_line_error(_run(conf, tool, args), tool, why)

@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,7 +146,14 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 def _loop_devices(site: Site) -> list[str]:
-    return loop_devices(str(site.root), PRIVATE_ID)
+    """The loop devices still attached to the site's files, after giving autoclear devices a few
+    seconds: the kernel releases them asynchronously once their last mount went lazily."""
+    for _ in range(50):
+        found = loop_devices(str(site.root), PRIVATE_ID)
+        if not found:
+            return found
+        time.sleep(0.1)
+    return found
 
 
 # What another user tries on the node: list and read the record and through the tree, the image at

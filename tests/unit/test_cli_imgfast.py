@@ -51,7 +51,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     _image(root, repo, 1, "docker.io/library/ubuntu:22.04")
     _image(root, repo, 2, "r.io/team/app:1", acl={"private": True, "users": [4242], "groups": []})
     _image(root, repo, 3, None)  # untagged (a moved tag's old image)
-    _image(root, repo, 4, "r.io/team/app:2", status=Status.PULLING)
+    _image(root, repo, 4, "r.io/team/app:2", status=Status.FAILED)
     _image(root, None, 5, "r.io/files/only:1")  # on disk, unknown to the database
     config = tmp_path / "udiRoot.conf"
     config.write_text(f"imagePath={root}\nudiMount={tmp_path / 'udi'}\nloopMount={tmp_path / 'loop'}\n"
@@ -88,6 +88,14 @@ def test_a_remote_gateway_or_a_missing_database_goes_to_the_full_path(site: Path
     assert imgfast.fast_output(["lookup", "ubuntu:22.04"]) is None
     config.write_text(config.read_text().replace("imageGateway=http://127.0.0.1:1\n", ""))
     (site / "shifter.db").unlink()
+    assert imgfast.fast_output(["images"]) is None
+
+
+def test_a_pull_in_flight_goes_to_the_full_path(site: Path) -> None:
+    """The full path first settles pulls whose process died (they become FAILED): the fast path,
+    which only reads, leaves any PULLING/CONVERTING record to it."""
+    _image(site, ImageRepository.from_url(f"sqlite:///{site / 'shifter.db'}"), 6, "r.io/team/app:3",
+           status=Status.PULLING)
     assert imgfast.fast_output(["images"]) is None
 
 

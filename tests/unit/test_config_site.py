@@ -106,7 +106,7 @@ def test_config_that_is_a_directory_or_link_is_refused(tmp_path: Path, privilege
         pytest.skip("the trust check wants a root-owned file")
     (tmp_path / "real.conf").write_text("system=x\n")
     (tmp_path / "link.conf").symlink_to("real.conf")
-    with pytest.raises(ConfigError, match="not a regular file"):
+    with pytest.raises(ConfigError, match="is a directory"):
         load_config(str(tmp_path), privileged=privileged)
     with pytest.raises(ConfigError, match="symbolic link"):
         load_config(str(tmp_path / "link.conf"), privileged=privileged)

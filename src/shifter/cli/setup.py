@@ -118,6 +118,9 @@ def setup(argv: Sequence[str]) -> int:
                          hint="shifter-setup takes options only; the command is given to shifter later")
     if not opts.user:
         raise UsageError("--user is required", hint="shifter-setup --image=IMG --user=NAME")
+    if opts.writable_tmpfs:
+        raise UsageError("--writable-tmpfs is not available for prepared containers",
+                         hint="give --writable-tmpfs to shifter itself (a private container)")
     # The configuration's identity before it is read: the fast path's record must describe the
     # content this setup used (prepared.fast_section compares it again afterwards).
     config_state = _state_or_none(fastpath.file_state, config_path())

@@ -27,7 +27,7 @@ MAX_CONFIG_BYTES = 1024 * 1024
 # module_<name>_<attr>: <name> starts with a letter or digit and may hold '_' and '-'; the
 # shortest <name> followed by "_<attr>" wins (as in r"^module_([A-Za-z0-9][A-Za-z0-9_-]*?)_(attr)$").
 _MODULE_ATTRS = frozenset({"siteFs", "siteEnv", "siteEnvAppend", "siteEnvPrepend", "siteEnvUnset", "conflict",
-                           "userhook", "roothook", "copyPath", "enabled"})
+                           "userhook", "roothook", "copyPath", "enabled", "plugin"})
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _MODULE_NAME_CHARS = _ALNUM | {"_", "-"}
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -49,6 +49,7 @@ class ModuleConfig(Record):
     roothook: str = ""
     copy_path: str = ""
     enabled: bool = True
+    plugin: str = ""  # "gpu" or "mpich": host files found at launch (shifter.runtime.plugins)
 
 
 class SiteConfig(Record):
@@ -82,6 +83,13 @@ class SiteConfig(Record):
     # files, and the largest size a user may ask for (0: no limit).
     per_node_cache_path: str = "/var/tmp"
     per_node_cache_size_limit: int = 0
+    # Site modules and devices (docs/modules.md): a roothook in unprivileged mode ("skip" with a
+    # warning, or "refuse"); where CDI specs are read; the size cap of --writable-tmpfs; the root
+    # of the host tree the gpu and mpich plugins look in (tests point it at a fake driver tree).
+    unprivileged_roothook: str = "skip"
+    cdi_spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
+    writable_tmpfs_size: int = 256 * 1024**2
+    plugin_host_root: str = "/"
     # Seconds root waits on a squashfuse daemon run as the user (an image of the per-user
     # store): past it the FUSE connection is aborted and the setup fails (see runtime.md).
     fuse_timeout: float = 30.0
@@ -205,6 +213,13 @@ def _timeouts(key: str, value: str) -> tuple[int, int, int]:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    value = value.strip()
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} must be one of: {', '.join(choices)}")
+    return value
+
+
 def _abs_path(key: str, value: str) -> str:
     if not value.startswith("/"):
         raise ConfigError(f"{key}={value!r} must be an absolute path")
@@ -237,6 +252,10 @@ _KEYS: dict[str, tuple[str, object]] = {
     "autoPullTimeout": ("auto_pull_timeout", _int),
     "perNodeCachePath": ("per_node_cache_path", _abs_path),
     "perNodeCacheSizeLimit": ("per_node_cache_size_limit", parse_size),
+    "unprivilegedRoothook": ("unprivileged_roothook", lambda k, v: _choice(k, v, ("skip", "refuse"))),
+    "cdiSpecDirs": ("cdi_spec_dirs", lambda k, v: tuple(_abs_path(k, d) for d in _split(v, None))),
+    "writableTmpfsSize": ("writable_tmpfs_size", parse_size),
+    "pluginHostRoot": ("plugin_host_root", _abs_path),
     "fuseTimeout": ("fuse_timeout", _seconds),
     "userImagePath": ("user_image_path", _STR),
     "cacheDir": ("cache_dir", _abs_path),
@@ -264,7 +283,7 @@ _MODULE_LIST = {"siteFs": ";", "siteEnv": None, "siteEnvAppend": None, "siteEnvP
 _MODULE_FIELD = {"siteFs": "site_fs", "siteEnv": "site_env", "siteEnvAppend": "site_env_append",
                  "siteEnvPrepend": "site_env_prepend", "siteEnvUnset": "site_env_unset",
                  "conflict": "conflict", "userhook": "userhook", "roothook": "roothook",
-                 "copyPath": "copy_path", "enabled": "enabled"}
+                 "copyPath": "copy_path", "enabled": "enabled", "plugin": "plugin"}
 
 
 def parse_lines(text: str, source: str = "<string>") -> list[tuple[int, str, str]]:
@@ -341,6 +360,7 @@ def _validate(config: SiteConfig) -> None:
         for other in mod.conflict:
             if other not in known:
                 raise ConfigError(f"{config.source}: module_{mod.name}_conflict names unknown module '{other}'")
+        _validate_module_paths(config.source, mod)
     _validate_env_rules(config)
     _validate_default_modules(config)
     if config.default_image_type not in {"docker", "id", "local"}:
@@ -378,6 +398,18 @@ def _validate_env_rules(config: SiteConfig) -> None:
             if not _is_env_name(name):
                 raise ConfigError(f"{config.source}: {prefix}siteEnvUnset entry {name!r} "
                                   "is not a variable name")
+
+
+def _validate_module_paths(source: str, mod: ModuleConfig) -> None:
+    """copyPath and the roothook are host paths, the userhook a container path: all absolute
+    (a hook is a command line split on white space, run without a shell)."""
+    for attr, value in (("copyPath", mod.copy_path), ("roothook", mod.roothook), ("userhook", mod.userhook)):
+        words = value.split()
+        if words and not words[0].startswith("/"):
+            raise ConfigError(f"{source}: module_{mod.name}_{attr}={value!r} must start with an absolute path")
+    if mod.plugin not in ("", "gpu", "mpich"):
+        raise ConfigError(f"{source}: module_{mod.name}_plugin={mod.plugin!r} is not a known plugin",
+                          hint="use gpu or mpich")
 
 
 def _validate_default_modules(config: SiteConfig) -> None:

@@ -303,7 +303,10 @@ class ImageService:
         for site in self.choice.also_search:
             if not site.is_ready(image_id):
                 continue
-            meta = site.read_metadata(image_id)
+            try:
+                meta = site.read_metadata(image_id)
+            except AccessDeniedError:  # a private image whose files are closed to this user
+                continue
             if not ImageAcl.from_json(meta.get("acl")).allows(caller.uid, caller.gid, caller.groups):
                 continue
             with publish.tags_lock(self.store):

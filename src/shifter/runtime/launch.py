@@ -48,6 +48,8 @@ def launch(spec: ContainerSpec, config: SiteConfig, warn: Warn) -> NoReturn:
     from shifter.runtime.linux import executor  # noqa: PLC0415  (ctypes; only when really launching)
 
     validate(spec, config)
+    for message in spec.warnings:
+        warn(message)
     plan = make_plan(spec, config)
     executor.run(plan, warn)
     raise ContainerError("internal error: the plan ended without running the command")

@@ -39,6 +39,11 @@ Run COMMAND (default /bin/sh) inside an image, as the calling user.
       --env-file=FILE        read NAME=VALUE lines from FILE; repeatable
   -E, --clearenv             do not pass the caller's environment into the container
   -m, --module=A,B|none      site modules to load instead of the defaults; default $SHIFTER_MODULE
+      --device=VENDOR/CLASS=NAME
+                             add a device described by a CDI spec in the site's CDI
+                             directories (/etc/cdi, /var/run/cdi); repeatable
+      --writable-tmpfs       make the image writable: changes go to a size-capped tmpfs
+                             and are gone when the container ends
       --user=NAME            (root only) run the container as user NAME
   -v, --verbose              accepted for NERSC compatibility (no extra output yet)
   -h, --help                 show this help
@@ -63,6 +68,8 @@ _LONG: dict[str, tuple[str, str]] = {
     "clearenv": ("clearenv", _NONE),
     "module": ("module", _REQUIRED),
     "user": ("user", _REQUIRED),
+    "device": ("device", _REQUIRED),
+    "writable-tmpfs": ("writable_tmpfs", _NONE),
 }
 # short letter -> (destination, argument mode); -w takes a value, as in NERSC Shifter.
 _SHORT: dict[str, tuple[str, str]] = {
@@ -90,6 +97,8 @@ class ShifterOptions(Record):
     help: bool = False
     version: bool = False
     verbose: int = 0
+    devices: tuple[str, ...] = ()  # --device=vendor/class=name (CDI)
+    writable_tmpfs: bool = False
     args: tuple[str, ...] = ()
 
 
@@ -168,7 +177,7 @@ def _short_options(argv: Sequence[str], index: int, got: _Collected) -> int:
 
 
 def _record(got: _Collected, dest: str, mode: str, value: str | None) -> None:
-    if dest in ("volume", "env", "env_file"):
+    if dest in ("volume", "env", "env_file", "device"):
         got.lists.setdefault(dest, []).append(value or "")
     elif mode == _NONE:
         got.flags[dest] = got.flags.get(dest, 0) + 1
@@ -200,7 +209,8 @@ def _build(got: _Collected, args: tuple[str, ...], environ: Mapping[str, str]) -
         env=tuple(got.lists.get("env", [])), env_files=tuple(got.lists.get("env_file", [])),
         clearenv=bool(got.flags.get("clearenv")), modules=modules, user=got.values.get("user"),
         help=bool(got.flags.get("help")), version=bool(got.flags.get("version")),
-        verbose=got.flags.get("verbose", 0), args=args,
+        verbose=got.flags.get("verbose", 0), devices=tuple(got.lists.get("device", [])),
+        writable_tmpfs=bool(got.flags.get("writable_tmpfs")), args=args,
     )
 
 

@@ -24,7 +24,8 @@ TYPE_CHECKING = False  # typing and collections cost launch time: annotations on
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-PHASES = ("namespace", "image", "root", "system", "site", "user", "remount", "enter", "drop", "chdir", "exec")
+PHASES = ("namespace", "image", "root", "system", "site", "user", "remount", "enter", "drop", "chdir", "hook",
+          "exec")
 
 # Top-level image entries the root tree provides itself instead of binding them in.
 ROOT_OWN_ENTRIES = ("etc", "proc", "sys", "dev", "tmp")
@@ -38,6 +39,9 @@ DEV_FLAGS = ("nosuid", "nodev", "noexec")  # but device nodes work on /dev itsel
 SYSTEM_BINDS = (("/proc", "/proc", False, KERNEL_FS_FLAGS, False), ("/sys", "/sys", False, KERNEL_FS_FLAGS, False),
                 ("/dev", "/dev", False, DEV_FLAGS, True), ("/tmp", "/tmp", False, VOLUME_FLAGS, False),
                 ("/var/tmp", "/var/tmp", True, VOLUME_FLAGS, False))
+# Where modules' files go (NERSC's udiImage): a tmpfs of the container's own, read-only once built.
+MODULES_ROOT = "/opt/udiImage"
+MODULES_TMPFS_SIZE = "256m"
 
 
 # Operations are frozen records (shifter._record), not typing.NamedTuple: typing and the
@@ -75,6 +79,18 @@ class MountImage(Record):
     # name (for the error).
     timeout: float = 30.0
     owner: str = ""
+
+
+class WritableOverlay(Record):
+    """``--writable-tmpfs``: an overlay over the image at ``mountpoint`` (host path, the image's
+    mount point) whose upper layer is a fresh tmpfs of at most ``size`` bytes: the container's
+    tree is writable (as file modes allow) and every change is gone with the mount namespace."""
+
+    @property
+    def phase(self) -> str:
+        return "image"
+    mountpoint: str
+    size: int
 
 
 class MountRootTmpfs(Record):
@@ -171,6 +187,81 @@ class MountCache(Record):
     check_target: bool = True
 
 
+class ModuleTmpfs(Record):
+    """A fresh tmpfs at container path ``target`` (``/opt/udiImage``) for the modules' files
+    (``copyPath`` copies, plugin binds); nosuid, nodev, read-only after the remount phase."""
+
+    @property
+    def phase(self) -> str:
+        return "site"
+    target: str = MODULES_ROOT
+    size: str = MODULES_TMPFS_SIZE
+
+
+class CopyTree(Record):
+    """Copy host directory ``source`` (a module's ``copyPath``, site-trusted) to container path
+    ``target`` in the :class:`ModuleTmpfs`: links as links, no special files, no set-id bits."""
+
+    @property
+    def phase(self) -> str:
+        return "site"
+    source: str
+    target: str
+
+
+class BindExtra(Record):
+    """Bind a plugin's or a CDI device's host path (``spec.ExtraBind``) into the container."""
+
+    @property
+    def phase(self) -> str:
+        return "site"
+    source: str
+    target: str
+    device: bool = False
+    read_only: bool = True
+    origin: str = ""
+
+
+class CheckMpiAbi(Record):
+    """The mpich plugin's ABI check: the image's MPICH-ABI library (found in the container root's
+    library directories) against ``host_library`` (``plugins.check_abi``)."""
+
+    @property
+    def phase(self) -> str:
+        return "site"
+    module: str
+    host_library: str
+
+
+class RootHook(Record):
+    """A module's ``roothook`` (or a CDI hook): ``argv`` run as root while the container is built,
+    not chrooted, with the working directory the container's root (the fd the tree was built
+    through) and a fixed environment ``env``; never the user's.  Its output goes to stderr; a
+    non-zero exit aborts the launch.  ``skip``: unprivileged mode, only say it is skipped."""
+
+    @property
+    def phase(self) -> str:
+        return "site"
+    what: str  # "module 'x' roothook"
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    skip: bool = False
+
+
+class UserHook(Record):
+    """A module's ``userhook``: ``argv`` run inside the container as the user (after the privilege
+    drop, so with ``no_new_privs``: a set-id binary cannot give it root), in the command's working
+    directory and environment plus ``SHIFTER_MODULE``, just before the command.  A non-zero exit
+    aborts the launch with the last line the hook printed."""
+
+    @property
+    def phase(self) -> str:
+        return "hook"
+    what: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+
+
 class Remount(Record):
     """After every mount is made: ``nosuid`` (and ``nodev``) again on every mount of the tree at
     container path ``target`` (what was mounted into it since included), read-only on its own
@@ -231,8 +322,9 @@ class Exec(Record):
     env: tuple[tuple[str, str], ...]
 
 
-Op = (EnterNamespaces | MountImage | MountRootTmpfs | PopulateRoot | BuildEtc | Bind | MountCache | Remount
-      | EnterRoot | DropPrivileges | Chdir | Exec)
+Op = (EnterNamespaces | MountImage | WritableOverlay | MountRootTmpfs | PopulateRoot | BuildEtc | Bind | MountCache
+      | ModuleTmpfs | CopyTree | BindExtra | CheckMpiAbi | RootHook | Remount | EnterRoot | DropPrivileges | Chdir
+      | UserHook | Exec)
 
 
 class Plan(Record):
@@ -284,6 +376,8 @@ def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
     files = etc.generate_etc_files(ident, container_groups(ident, config), names, site_etc)
     root = config.udi_mount
     ops: list[Op] = image_ops(spec, config)
+    if spec.writable_tmpfs:
+        ops.append(WritableOverlay(config.loop_mount, config.writable_tmpfs_size))
     root_op = MountRootTmpfs(root, "mode=700,size=64m", only_for=ident.uid) if prepared else MountRootTmpfs(root)
     ops += [root_op, PopulateRoot(config.loop_mount, root),
             BuildEtc(config.loop_mount, root, tuple(sorted(files.items())))]
@@ -291,8 +385,16 @@ def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
     for source, target, optional, flags, devices in SYSTEM_BINDS:
         ops.append(Bind("system", source, target, optional=optional, private=private, flags=flags, devices=devices))
     remounts: list[Op] = []
+    module_ops, hooks = module_tree_ops(spec, config)
+    ops += module_ops
+    remounts += [Remount(op.target, read_only=True) for op in module_ops if isinstance(op, ModuleTmpfs)]
+    remounts += [Remount(op.target, op.read_only, nodev=not op.device) for op in module_ops
+                 if isinstance(op, BindExtra) and not op.target.startswith(MODULES_ROOT + "/")]
     for vol in spec.volumes:
         user = vol.origin == "user"
+        if user and hooks:  # root's hooks see the site's and the modules' mounts, never the user's
+            ops += hooks
+            hooks = []
         if vol.per_node_cache:
             ops.append(cache_op(spec, config, vol))
         else:
@@ -304,7 +406,47 @@ def tree_ops(spec: ContainerSpec, config: SiteConfig, names: Mapping[int, str],
                             check_target=user, slave=vol.slave, private=private and not vol.slave))
         remounts.append(Remount(vol.target, vol.read_only))
     remounts.append(Remount("/", read_only=not config.mount_udi_root_writable, bind=False))
-    return ops + remounts
+    return ops + hooks + remounts
+
+
+def module_tree_ops(spec: ContainerSpec, config: SiteConfig) -> tuple[list[Op], list[Op]]:
+    """The modules' build steps, in module order: their tmpfs, ``copyPath`` copies and plugin/CDI
+    binds (before the volumes); and the roothooks and CDI hooks (run before the user's volumes)."""
+    from shifter.runtime.environment import PRIVILEGED_ENV  # noqa: PLC0415
+
+    modules = [config.module(name) for name in spec.modules]
+    ops: list[Op] = [CheckMpiAbi(name, library) for name, library in spec.abi_checks]
+    if any(m.copy_path for m in modules) or any(b.target.startswith(MODULES_ROOT + "/") for b in spec.extra_binds):
+        ops.append(ModuleTmpfs())
+    ops += [CopyTree(m.copy_path, f"{MODULES_ROOT}/modules/{m.name}") for m in modules if m.copy_path]
+    ops += [BindExtra(b.source, b.target, b.device, b.read_only, b.origin) for b in spec.extra_binds]
+    ident = spec.identity
+    base = (*PRIVILEGED_ENV, ("SHIFTER_UID", str(ident.uid)), ("SHIFTER_GID", str(ident.gid)))
+    hooks: list[Op] = []
+    for module in modules:
+        if not module.roothook:
+            continue
+        if not spec.privileged and config.unprivileged_roothook == "refuse":
+            raise ContainerError(f"module '{module.name}' has a roothook, which cannot run in unprivileged mode",
+                                 hint="load the module in a privileged launch (e.g. through the batch system), "
+                                      "or choose other modules")
+        env = (*base, ("SHIFTER_MODULE", module.name),
+               ("SHIFTER_MODULE_DIR", f"{MODULES_ROOT[1:]}/modules/{module.name}"))
+        hooks.append(RootHook(f"module '{module.name}' roothook", tuple(module.roothook.split()), env,
+                              skip=not spec.privileged))
+    hooks += [RootHook(f"CDI hook {argv[0]}", argv, base) for argv in spec.cdi_hooks]
+    return ops, hooks
+
+
+def user_hook_ops(spec: ContainerSpec, config: SiteConfig) -> list[Op]:
+    """The selected modules' userhooks, in module order."""
+    ops: list[Op] = []
+    for name in spec.modules:
+        module = config.module(name)
+        if module.userhook:
+            env = (*((k, v) for k, v in spec.env if k != "SHIFTER_MODULE"), ("SHIFTER_MODULE", name))
+            ops.append(UserHook(f"module '{name}' userhook", tuple(module.userhook.split()), env))
+    return ops
 
 
 def check_not_setup_tree(source: str, config: SiteConfig) -> None:
@@ -369,6 +511,7 @@ def finish_ops(spec: ContainerSpec, config: SiteConfig, enter: EnterRoot) -> lis
             DropPrivileges(ident.uid, ident.gid, container_groups(ident, config),
                            set_groups=spec.privileged),
             Chdir(candidates),
+            *user_hook_ops(spec, config),
             Exec(spec.argv, spec.env)]
 
 
@@ -387,9 +530,9 @@ def user_ids(spec: ContainerSpec, config: SiteConfig) -> tuple[int, int, tuple[i
     return ident.uid, ident.gid, container_groups(ident, config)
 
 
-__all__ = ["DEV_FLAGS", "HOST_ETC_FILES", "KERNEL_FS_FLAGS", "PHASES", "ROOT_OWN_ENTRIES", "SYSTEM_BINDS",
-           "VOLUME_FLAGS", "Bind", "BuildEtc", "Chdir",
-           "DropPrivileges", "EnterNamespaces", "EnterRoot", "Exec", "MountCache", "MountImage", "MountRootTmpfs",
-           "Op", "Plan", "PopulateRoot", "Remount", "build_plan", "cache_op", "check_not_setup_tree",
-           "container_groups", "finish_ops",
-           "image_ops", "prepared_entry_plan", "root_propagation", "tree_ops", "user_ids"]
+__all__ = ["DEV_FLAGS", "HOST_ETC_FILES", "KERNEL_FS_FLAGS", "MODULES_ROOT", "PHASES", "ROOT_OWN_ENTRIES",
+           "SYSTEM_BINDS", "VOLUME_FLAGS", "Bind", "BindExtra", "BuildEtc", "Chdir", "CheckMpiAbi", "CopyTree",
+           "DropPrivileges", "EnterNamespaces", "EnterRoot", "Exec", "ModuleTmpfs", "MountCache", "MountImage",
+           "MountRootTmpfs", "Op", "Plan", "PopulateRoot", "Remount", "RootHook", "UserHook", "WritableOverlay",
+           "build_plan", "cache_op", "check_not_setup_tree", "container_groups", "finish_ops", "image_ops",
+           "module_tree_ops", "prepared_entry_plan", "root_propagation", "tree_ops", "user_hook_ops", "user_ids"]

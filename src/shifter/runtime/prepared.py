@@ -43,7 +43,13 @@ def describe(spec: ContainerSpec) -> dict[str, Any]:
         "volumes": [[v.source, v.target, v.read_only, v.origin, v.recursive, v.per_node_cache, v.slave]
                     for v in spec.volumes],
         "modules": list(spec.modules),
+        "devices": list(spec.devices),
+        "writable_tmpfs": spec.writable_tmpfs,
     }
+
+
+# Fields a record written before they existed lacks: read as these values.
+_DEFAULTS: dict[str, object] = {"devices": [], "writable_tmpfs": False}
 
 
 def make_record(spec: ContainerSpec, config: SiteConfig, loop_device: str = "",
@@ -71,6 +77,8 @@ def fast_section(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig,
     from shifter.runtime.images import resolve_image  # noqa: PLC0415
     from shifter.runtime.linux import fastpath  # noqa: PLC0415
 
+    if _needs_full_path(spec, config):
+        return None
     try:
         paths = _witness_paths(opts, spec, config)
         if paths is None or config_state is None or opts.image is None or config.image_gateway:
@@ -95,6 +103,13 @@ def fast_section(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig,
             "witnesses": [[path, state, read] for (path, read), state in zip(paths, before, strict=True)],
             "home": spec.identity.home if home_matters else None, "acl": _acl(spec.image.metadata),
             **_image_values(spec), "rules": _env_rules(opts, config)}
+
+
+def _needs_full_path(spec: ContainerSpec, config: SiteConfig) -> bool:
+    """Userhooks (run at every entry), plugins (their environment) and CDI devices (their
+    environment) are left to the full path's entry (``plan.prepared_entry_plan``)."""
+    modules = [config.module(name) for name in spec.modules]
+    return bool(spec.devices or spec.extra_binds or any(m.userhook or m.plugin for m in modules))
 
 
 def _witness_paths(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig) -> list[tuple[str, bool]] | None:
@@ -208,7 +223,7 @@ def matching_record(spec: ContainerSpec, config: SiteConfig) -> dict[str, Any] |
     if record is None or record.get("udi_mount") != config.udi_mount:
         return None
     wanted = describe(spec)
-    if any(record.get(key) != value for key, value in wanted.items()):
+    if any(record.get(key, _DEFAULTS.get(key)) != value for key, value in wanted.items()):
         return None
     return record if is_mountpoint(config.udi_mount) else None
 

@@ -29,12 +29,13 @@ from shifter.runtime.environment import (
 from shifter.runtime.images import resolve_image
 from shifter.runtime.modules import module_env_rules, module_volumes, parse_module_list, select_modules
 from shifter.runtime.options import ShifterOptions, parse_options
-from shifter.runtime.spec import ContainerSpec, Identity, ImageInfo, VolumeSpec
+from shifter.runtime.spec import ContainerSpec, ExtraBind, Identity, ImageInfo, VolumeSpec
 from shifter.runtime.volumes import check_duplicate_targets, parse_site_volumes, parse_user_volumes
 
 TYPE_CHECKING = False  # typing, collections: not on the launch path
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
     LookupUser = Callable[[str], Identity]
     ReadFile = Callable[[str, Identity], str]
@@ -85,9 +86,11 @@ def spec_from_options(opts: ShifterOptions, environ: Mapping[str, str], config: 
     # Root acting for a user reads that user's own store with the user's rights only.
     image = resolve(opts.image, config, identity, default_type=opts.image_type,
                     as_user=caller.uid == 0 and identity.uid != 0)
+    extras = _extras(opts, modules, environ, config)
+    cdi_env = extras.pop("cdi_env", ())
     composed = compose_environment(environ, clearenv=opts.clearenv,
                                    image=_str_list(image.metadata.get("env")), files=file_env, cli=cli_env,
-                                   rules=[*module_env_rules(modules), EnvRules.from_site(config)],
+                                   rules=[*_env_rules(modules, environ, config), EnvRules("cdi", set=cdi_env)],
                                    identity=identity_env(identity), replace_identity=identity.uid != caller.uid)
     image_workdir = _image_workdir(image)
     return ContainerSpec(
@@ -95,8 +98,56 @@ def spec_from_options(opts: ShifterOptions, environ: Mapping[str, str], config: 
         workdir=workdir if workdir is not None else image_workdir, volumes=tuple(volumes),
         modules=tuple(m.name for m in modules), privileged=caller.uid == 0, run_as_root=run_as_root,
         chdir_candidates=chdir_candidates(opts.workdir_given, workdir, cwd, image_workdir),
-        unsafe_env=composed.unsafe, dropped_env=composed.dropped,
+        unsafe_env=composed.unsafe, dropped_env=composed.dropped, **extras,
     )
+
+
+def _env_rules(modules: Sequence[ModuleConfig], environ: Mapping[str, str], config: SiteConfig) -> list[EnvRules]:
+    """Each module's rules (a plugin's after its module's own), then the site's."""
+    if not any(m.plugin for m in modules):
+        return [*module_env_rules(modules), EnvRules.from_site(config)]
+    from shifter.runtime.plugins import plugin_rules  # noqa: PLC0415
+
+    rules: list[EnvRules] = []
+    for module in modules:
+        rules.append(EnvRules.from_module(module))
+        if module.plugin:
+            rules.append(plugin_rules(module, environ, config))
+    return [*rules, EnvRules.from_site(config)]
+
+
+def _extras(opts: ShifterOptions, modules: Sequence[ModuleConfig], environ: Mapping[str, str],
+            config: SiteConfig) -> dict[str, Any]:
+    """Plugin and CDI binds, CDI env and hooks, --writable-tmpfs (only what was asked for)."""
+    extras: dict[str, Any] = {}
+    binds: list[ExtraBind] = []
+    warnings: list[str] = []
+    checks: list[tuple[str, str]] = []
+    if any(m.plugin for m in modules):
+        from shifter.runtime.plugins import host_mpi_library, plugin_binds  # noqa: PLC0415
+
+        for module in modules:
+            if module.plugin:
+                found, notes = plugin_binds(module, environ, config)
+                binds += found
+                warnings += notes
+            if module.plugin == "mpich":
+                checks.append((module.name, host_mpi_library(config.plugin_host_root)))
+    if checks:
+        extras["abi_checks"] = tuple(checks)
+    if opts.devices:
+        from shifter.runtime.cdi import resolve_devices  # noqa: PLC0415
+
+        edits = resolve_devices(opts.devices, config)
+        binds += edits.binds
+        extras.update(devices=opts.devices, cdi_hooks=edits.hooks, cdi_env=edits.env)
+    if binds:
+        extras["extra_binds"] = tuple(binds)
+    if warnings:
+        extras["warnings"] = tuple(warnings)
+    if opts.writable_tmpfs:
+        extras["writable_tmpfs"] = True
+    return extras
 
 
 def select_identity(user: str | None, caller: Identity, lookup_user: LookupUser) -> tuple[Identity, bool]:

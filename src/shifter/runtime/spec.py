@@ -34,6 +34,20 @@ class VolumeSpec(Record):
     slave: bool = False  # site "slave" propagation flag
 
 
+class ExtraBind(Record):
+    """A host file or directory a module plugin or a CDI device puts into the container
+    (``shifter.runtime.plugins``, ``shifter.runtime.cdi``): site-trusted sources.  ``device``: a
+    device node, the only kind of bind that gets no ``nodev``.  A target under ``/opt/udiImage``
+    is created in the modules' own tmpfs; any other missing target is created in an exploded
+    copy of its directory, never in a host tree (e.g. the host's ``/dev``)."""
+
+    source: str
+    target: str
+    device: bool = False
+    read_only: bool = True
+    origin: str = ""  # "module:<name>" or "cdi:<device>", for messages
+
+
 class ImageInfo(Record):
     """The image to run, as found in a store."""
 
@@ -72,3 +86,9 @@ class ContainerSpec(Record):
     # shifter.runtime.environment.PRIVILEGED_ENV.
     unsafe_env: tuple[str, ...] = ()
     dropped_env: tuple[str, ...] = ()  # invalid names dropped from the caller's env / image ENV
+    extra_binds: tuple[ExtraBind, ...] = ()  # module plugins', then CDI devices', in order
+    devices: tuple[str, ...] = ()  # --device=vendor/class=name, as asked
+    cdi_hooks: tuple[tuple[str, ...], ...] = ()  # CDI createContainer hooks (argv), run like roothooks
+    writable_tmpfs: bool = False  # --writable-tmpfs: an overlay with a tmpfs upper layer over the image
+    abi_checks: tuple[tuple[str, str], ...] = ()  # (module, host MPI library): checked against the image
+    warnings: tuple[str, ...] = ()  # said to the user at launch (e.g. a plugin that found nothing to do)

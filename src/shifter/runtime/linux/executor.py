@@ -41,7 +41,7 @@ import warnings  # noqa: F401  (os.execvpe imports it, after chroot, where the h
 
 from shifter.errors import ContainerError, VolumeError
 from shifter.runtime import plan as p
-from shifter.runtime.linux import fsutil, mounttree, targets
+from shifter.runtime.linux import fsutil, modexec, mounttree, targets
 from shifter.runtime.linux import syscalls as sc
 
 TYPE_CHECKING = False  # typing, collections and dataclasses cost launch time
@@ -917,4 +917,5 @@ _HANDLERS: dict[type, Callable[..., object]] = {
     p.PopulateRoot: populate_root, p.BuildEtc: build_etc, p.Bind: bind, p.MountCache: mount_cache,
     p.Remount: remount,
     p.EnterRoot: enter_root, p.DropPrivileges: drop_privileges, p.Chdir: change_dir, p.Exec: execute,
+    **modexec.HANDLERS,
 }

@@ -46,7 +46,7 @@ User = tuple[int, int, tuple[int, ...]]
 
 
 def ensure_target(root_fd: int, path: str, directory: bool, user: User | None = None, *,
-                  explode_ok: bool = True) -> int:
+                  explode_ok: bool = True, in_host_trees: bool = True) -> int:
     """An ``O_PATH`` fd of container ``path``, created (with its missing parents) when absent.
 
     ``directory`` says what the last component becomes (a directory, or an empty file for a
@@ -54,7 +54,9 @@ def ensure_target(root_fd: int, path: str, directory: bool, user: User | None = 
     (used when running as root for another user).  ``explode_ok=False``: raise ``EROFS`` instead
     of exploding (for optional mounts).  Raises ``OSError`` when a component cannot be created
     (e.g. ``ENOTDIR``, ``EEXIST`` for a dangling symlink) and :class:`VolumeError` for a
-    directory too large to explode.
+    directory too large to explode.  ``in_host_trees=False``: outside the root tmpfs, always
+    explode (for site-made binds such as device nodes under the host's ``/dev``, where even a
+    root container must not create files).
     """
     try:
         return fsutil.open_in_root(root_fd, path)
@@ -68,7 +70,7 @@ def ensure_target(root_fd: int, path: str, directory: bool, user: User | None = 
         if os.fstat(parent).st_dev == os.fstat(root_fd).st_dev:
             _create_chain(parent, missing, directory)
             return fsutil.open_in_root(root_fd, path)
-        if _create_as_user(parent, missing, directory, user):
+        if in_host_trees and _create_as_user(parent, missing, directory, user):
             return fsutil.open_in_root(root_fd, path)
         if not explode_ok:
             raise OSError(errno.EROFS, "cannot create the target here", path)
