@@ -2,8 +2,9 @@
 
 A table of its own (``gateway_usage``: system, image id, last use as epoch seconds) in the
 gateway's database, created if missing.  Lookups come by the thousand per second, so a use is
-noted in memory and written at most once a minute per image (:meth:`UsageTable.flush`, also
-called by the gateway's sweeper).
+noted in memory only, and written by :meth:`UsageTable.flush`: every ``heartbeat`` seconds by the
+gateway's sweeper, before an autoexpire, and at shutdown (a crash loses at most one heartbeat's
+worth of uses: the image then looks a little older to the expiry).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ USAGE = Table("gateway_usage", _META,
               Column("system", String(255), primary_key=True),
               Column("image_id", String(128), primary_key=True),
               Column("last_used", Float, nullable=False))
-WRITE_EVERY_S = 60.0
 
 
 class UsageTable:
@@ -32,7 +32,6 @@ class UsageTable:
         self.engine = engine
         self.system = system
         self._pending: dict[str, float] = {}
-        self._written: dict[str, float] = {}
         self._lock = threading.Lock()
         try:
             _META.create_all(engine, checkfirst=True)
@@ -42,17 +41,13 @@ class UsageTable:
                                  hint="check databaseUrl and the database's permissions") from None
 
     def touch(self, image_id: str) -> None:
-        now = time.time()
+        """Note a use, in memory only: the sweeper (and autoexpire, and shutdown) writes them."""
         with self._lock:
-            self._pending[image_id] = now
-            due = now - self._written.get(image_id, 0.0) > WRITE_EVERY_S
-        if due:
-            self.flush()
+            self._pending[image_id] = time.time()
 
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
-            self._written.update(pending)
         if not pending:
             return
         rows = [{"system": self.system, "image_id": i, "last_used": t} for i, t in pending.items()]
@@ -83,7 +78,6 @@ class UsageTable:
     def forget(self, image_id: str) -> None:
         with self._lock:
             self._pending.pop(image_id, None)
-            self._written.pop(image_id, None)
         with self.engine.begin() as conn:
             conn.execute(delete(USAGE).where(USAGE.c.system == self.system, USAGE.c.image_id == image_id))
 
