@@ -15,7 +15,8 @@ if [ "${SHIFTER_SKIP_APT:-0}" != 1 ]; then
     python3 python3-venv python3-pip squashfs-tools squashfs-tools-ng squashfuse fuse3 util-linux \
     docker-registry skopeo umoci apache2-utils busybox-static zstd hyperfine charliecloud-runtime \
     munge xfsprogs podman runc ca-certificates postgresql mpich libmpich-dev gcc libc6-dev slurm-wlm \
-    libslurm-dev python3-fusepy debootstrap >/dev/null
+    libslurm-dev python3-fusepy debootstrap rsync \
+    openssh-client >/dev/null
 fi
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
   mkdir -p "$PREFIX"

@@ -56,13 +56,13 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.M
     assert len(err) == 1 and "unknown key 'noSuchKey'" in err[0]
 
 
-def test_configured_remote_gateway_is_not_silently_ignored(site_config: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_configured_remote_gateway_is_used_not_silently_ignored(site_config: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     with site_config.open("a") as conf:
-        conf.write("imageGateway=https://gateway.example.org:7777\n")
-    assert shifterimg.run(["images"]) == 0
-    err = capsys.readouterr().err
-    assert "imageGateway is set (https://gateway.example.org:7777)" in err and "using the local store" in err
+        conf.write(f"imageGateway=http://127.0.0.1:1\nmungeSocket={tmp_path / 'no-munged'}\n")
+    assert shifterimg.run(["images"]) == 7  # the remote gateway is used: here, nothing to reach
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("shifterimg: error: cannot reach munged")
 
 
 def test_user_removing_a_site_image_is_told_it_is_a_site_image(site_config: Path, busybox_image: PushedImage,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "shifter"
-LAYER = {"errors": 0, "config": 1, "oci": 2, "registry": 3, "convert": 4, "unpack": 4, "store": 4,
+LAYER = {"errors": 0, "munge": 1, "config": 1, "oci": 2, "registry": 3, "convert": 4, "unpack": 4, "store": 4,
          "gateway": 5, "runtime": 5, "wlm": 5, "cli": 6}
 ALLOWED_SIDEWAYS: set[tuple[str, str]] = set()
 

@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("script", ["launch.py", "pull.py", "pynamic.py", "pfs_ops.py", "slurm_steps.py"])
+@pytest.mark.parametrize("script", ["launch.py", "pull.py", "pynamic.py", "pfs_ops.py", "slurm_steps.py",
+                                    "gateway.py", "lookup.py"])
 def test_bench_script_starts(script: str) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)

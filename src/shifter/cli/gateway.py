@@ -9,7 +9,8 @@ maintenance side of the same store:
              (every pull also does this first; run it after a node crash to tidy up at once);
 ``prune``    shrink the blob cache to ``cacheMaxSize`` (or ``--max-size``), least recently used first.
 
-The REST service (``shifter-gateway serve``) is a separate issue and is not part of this command yet.
+``serve``    run the REST gateway (NERSC Shifter compatible API, MUNGE authentication) that
+             ``shifterimg`` and the runtime use when ``imageGateway`` is set (docs/gateway.md).
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ def prune(max_size: str | None) -> None:
     removed = service.cache.prune(max_size=limit)
     click.echo(f"removed {len(removed)} blob(s) and {freed} bytes of partial downloads; "
                f"cache now {service.cache.total_size()} bytes")
+
+
+@cli.command()
+@click.option("--listen", default="127.0.0.1:7777", show_default=True, metavar="HOST:PORT",
+              help="Address to serve on.")
+@click.option("--config", "config_file", default=None, metavar="FILE",
+              help="Gateway config (TOML, see etc/gateway.toml.example); default: derived from udiRoot.conf.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(listen: str, config_file: str | None, log_level: str) -> None:
+    """Serve the image gateway over HTTP until interrupted."""
+    from shifter.gateway.server import serve as run_server  # noqa: PLC0415  (FastAPI only here)
+
+    run_server(load_config(), listen, config_file, log_level=log_level)
 
 
 def run(argv: Sequence[str]) -> int:

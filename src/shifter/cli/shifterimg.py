@@ -3,7 +3,8 @@
 Names, options and output follow NERSC Shifter's ``shifterimg`` (``images``, ``lookup``,
 ``pull``, ``login``; ``-v``, ``-u``, ``-g``, ``-s``) so existing users and scripts feel at home.
 The gateway's service runs in-process against the local store (site store if writable, else the
-per-user store); ``imageGateway`` (a remote gateway) is not used yet.
+per-user store), or, when ``imageGateway`` is set, remotely (:class:`shifter.gateway.client.GatewayClient`:
+same commands, output and exit codes).
 
 :func:`main` is the only place that turns a :class:`~shifter.errors.ShifterError` into
 ``shifterimg: error: <message> (hint: ...)`` on stderr and its exit code (docs/cli.md).
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 
 import click
 import httpx
@@ -79,13 +80,15 @@ class App:
 
     @property
     def service(self) -> ImageService:
-        """The embedded gateway service (opened on first use: ``login`` never opens the database)."""
+        """The gateway service: remote with ``imageGateway``, else embedded (opened on first use:
+        ``login`` never opens the database)."""
         if self._service is None:
             if self.config.image_gateway:
-                click.echo(f"{PROG}: warning: imageGateway is set ({' '.join(self.config.image_gateway)}) "
-                           "but the remote gateway client is not available yet; using the local store",
-                           err=True)
-            self._service = ImageService.embedded(self.config, self.caller)
+                from shifter.gateway.client import GatewayClient  # noqa: PLC0415
+
+                self._service = cast(ImageService, GatewayClient(self.config))
+            else:
+                self._service = ImageService.embedded(self.config, self.caller)
         return self._service
 
 

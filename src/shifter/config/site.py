@@ -72,6 +72,8 @@ class SiteConfig(Record):
     max_group_count: int = 31
     populate_etc_dynamically: bool = True
     image_gateway: tuple[str, ...] = ()
+    gateway_timeout: int = 30  # seconds one request to the image gateway may take
+    munge_socket: str = "/run/munge/munge.socket.2"  # munged's socket, for credentials to the gateway
     system: str = "default"
     default_modules: tuple[str, ...] = ()
     modules: tuple[ModuleConfig, ...] = ()
@@ -244,6 +246,8 @@ _KEYS: dict[str, tuple[str, object]] = {
     "maxGroupCount": ("max_group_count", _int),
     "populateEtcDynamically": ("populate_etc_dynamically", _bool),
     "imageGateway": ("image_gateway", lambda _k, v: _split(v, None)),
+    "gatewayTimeout": ("gateway_timeout", _int),
+    "mungeSocket": ("munge_socket", _abs_path),
     "system": ("system", _STR),
     "defaultModules": ("default_modules", lambda _k, v: _split(v, ",")),
     "autoPull": ("auto_pull", _bool),
@@ -275,7 +279,7 @@ _KEYS: dict[str, tuple[str, object]] = {
 # Keys NERSC Shifter knows that we accept and ignore (documented as such in the template).
 _IGNORED_KEYS = {"udiRootPath", "sitePreMountHook", "sitePostMountHook", "optUdiImage", "autoLoadKernelModule",
                  "modprobePath", "insmodPath", "cpPath", "mvPath", "chmodPath", "mkfsXfsPath", "rootfsType",
-                 "gatewayTimeout", "kmodBasePath", "kmodCacheFile", "batchType", "enableSshd", "siteResources",
+                 "kmodBasePath", "kmodCacheFile", "batchType", "enableSshd", "siteResources",
                  "ddPath"}
 _MODULE_LIST = {"siteFs": ";", "siteEnv": None, "siteEnvAppend": None, "siteEnvPrepend": None,
                 "siteEnvUnset": None, "conflict": ","}

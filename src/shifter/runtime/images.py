@@ -93,7 +93,23 @@ def resolve_image(text: str, config: SiteConfig, identity: Identity, *,
     if image_type == "id":
         return _resolve_id(str(value), stores, identity, as_user)
     assert isinstance(value, ImageRef)
+    if config.image_gateway:
+        return _resolve_via_gateway(value, config, identity)
     return _resolve_docker(value, stores, identity, as_user)
+
+
+def _resolve_via_gateway(ref: ImageRef, config: SiteConfig, identity: Identity) -> ImageInfo:
+    """``imageGateway`` set: the gateway names the image, the system's shared imagePath holds it."""
+    from shifter.runtime.gateway_lookup import lookup_id  # noqa: PLC0415  (only with a gateway)
+
+    request = f"docker:{ref}"
+    image_id = lookup_id(config, str(ref))
+    if image_id is None:
+        raise ImageNotInStoreError(f"the image gateway has no READY image {request} for you",
+                                   hint=f"pull it with 'shifterimg pull {request}'", request=request,
+                                   identity=identity)
+    store = ImageStore(pure_path(config.image_path))
+    return _load(store, False, image_id, request, identity, kind="docker")
 
 
 def _resolve_docker(ref: ImageRef, stores: Sequence[tuple[ImageStore, bool]],

@@ -87,7 +87,8 @@ def fast_section(opts: ShifterOptions, spec: ContainerSpec, config: SiteConfig,
         return None
     try:
         paths = ([] if _pinned_id(opts, spec, config) else None) if pinned else _witness_paths(opts, spec, config)
-        if paths is None or config_state is None or opts.image is None:
+        if paths is None or config_state is None or opts.image is None or config.image_gateway:
+            # With a gateway, the gateway names the image: no store file witnesses that answer.
             return None
         before: list[list[int] | None] = []
         after: list[list[int] | None] = []
