@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.munge import Munged, MungeUnavailable, start_munged
 
 
 @pytest.fixture
@@ -13,3 +16,15 @@ def store(site_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.delenv("DOCKER_CONFIG", raising=False)
     return site_config.parent / "images"
+
+
+@pytest.fixture(scope="module")
+def munge() -> Iterator[Munged]:
+    """A munged of its own (own key, socket and state) for one test module; fails, never skips,
+    where munge is not installed (CI installs it)."""
+    try:
+        daemon = start_munged()
+    except MungeUnavailable as err:
+        pytest.fail(str(err))
+    yield daemon
+    daemon.stop()

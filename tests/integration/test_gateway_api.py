@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import PushedImage
 from tests.fixtures.gateway import GatewayProc, quote, write_configs
 from tests.fixtures.images import busybox_entries, file, layer_tar, push_image
-from tests.fixtures.munge import Munged, MungeUnavailable, start_munged
+from tests.fixtures.munge import Munged, start_munged
 from tests.fixtures.registry import Registry, have_tools
 
 pytestmark = [pytest.mark.integration,
@@ -39,16 +39,6 @@ def _ensure_users() -> None:
     for name, uid in (("shiftertest", ALICE), ("shiftertest2", BOB)):
         if subprocess.run(["getent", "passwd", name], check=False, capture_output=True).returncode != 0:
             subprocess.run(["useradd", "-u", str(uid), "-m", name], check=True)
-
-
-@pytest.fixture(scope="module")
-def munge() -> Iterator[Munged]:
-    try:
-        daemon = start_munged()
-    except MungeUnavailable as err:
-        pytest.fail(str(err))
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,23 +14,13 @@ import pytest
 
 from tests.fixtures.gateway import BUSY, CountingProxy, GatewayProc, quote, write_configs
 from tests.fixtures.images import busybox_entries, file, layer_tar, push_image
-from tests.fixtures.munge import Munged, MungeUnavailable, start_munged
+from tests.fixtures.munge import Munged
 from tests.fixtures.registry import Registry, have_tools
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not have_tools("docker-registry", "skopeo", "munge", "mksquashfs"),
                                  reason="needs docker-registry, skopeo, munge and mksquashfs")]
 SYS = "testsys"
-
-
-@pytest.fixture(scope="module")
-def munge() -> Iterator[Munged]:
-    try:
-        daemon = start_munged()
-    except MungeUnavailable as err:
-        pytest.fail(str(err))
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture

@@ -11,21 +11,11 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from tests.fixtures.gateway import GatewayProc, write_configs
-from tests.fixtures.munge import Munged, MungeUnavailable, start_munged
+from tests.fixtures.munge import Munged
 from tests.fixtures.registry import have_tools
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not have_tools("munge"), reason="needs munge")]
-
-
-@pytest.fixture(scope="module")
-def munge() -> Iterator[Munged]:
-    try:
-        daemon = start_munged()
-    except MungeUnavailable as err:
-        pytest.fail(str(err))
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import PushedImage
 from tests.fixtures.gateway import GatewayProc, write_configs
 from tests.fixtures.images import busybox_entries, directory, file, layer_tar, push_image
-from tests.fixtures.munge import Munged, start_munged
+from tests.fixtures.munge import Munged
 from tests.fixtures.registry import Registry
 from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, ensure_user, needs_tools, scratch_dir
 
@@ -36,13 +36,6 @@ def world() -> Iterator[Path]:
         (base / sub).mkdir()
     yield base
     shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def munge() -> Iterator[Munged]:
-    daemon = start_munged()
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, PushedImage
 from tests.fixtures.gateway import GatewayProc, write_configs
 from tests.fixtures.images import busybox_entries, file, layer_tar, push_image
-from tests.fixtures.munge import Munged, MungeUnavailable, start_munged
+from tests.fixtures.munge import Munged
 from tests.fixtures.registry import Registry, have_tools
 from tests.fixtures.runtime import VENV_BIN
 
@@ -27,16 +27,6 @@ pytestmark = [pytest.mark.integration,
 SYS = "testsys"
 SHIFTERIMG = str(VENV_BIN / "shifterimg")
 ALICE = 2001
-
-
-@pytest.fixture(scope="module")
-def munge() -> Iterator[Munged]:
-    try:
-        daemon = start_munged()
-    except MungeUnavailable as err:
-        pytest.fail(str(err))
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture(scope="module")
