@@ -6,7 +6,7 @@ import pytest
 
 from shifter.config.site import parse_config
 from shifter.errors import ConfigError
-from shifter.runtime.linux.fusehelper import parse_mountinfo
+from shifter.runtime.linux.fusehelper import SQUASHFUSE_OPTIONS, helper_argv, parse_mountinfo
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -30,3 +30,11 @@ def test_fuse_timeout_is_a_positive_number_of_seconds() -> None:
     for bad in ("0", "-1", "abc", "nan", "inf", "100000"):
         with pytest.raises(ConfigError, match="fuseTimeout"):
             parse_config(f"fuseTimeout={bad}\n")
+
+
+def test_squashfuse_gets_the_kernel_cache_options_of_an_immutable_image() -> None:
+    argv = helper_argv("/usr/bin/squashfuse", "/store/a.squashfs", 7)
+    assert argv == ["/usr/bin/squashfuse", "-o", SQUASHFUSE_OPTIONS, "/store/a.squashfs", "/dev/fd/7"]
+    assert "kernel_cache" in SQUASHFUSE_OPTIONS.split(",")
+    assert not {"allow_other", "default_permissions"} & set(SQUASHFUSE_OPTIONS.split(","))  # mount options are ours
+    assert helper_argv("squashfuse_ll", "/s", 3) == ["squashfuse_ll", "/s", "/dev/fd/3"]

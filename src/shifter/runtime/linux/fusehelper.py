@@ -222,6 +222,21 @@ def _intermediate(fuse_fd: int, user: tuple[int, int, tuple[int, ...]], mine: tu
         os._exit(0)
 
 
+#: libfuse options for ``squashfuse``: an image is immutable (a content-addressed, read-only
+#: squashfs that is replaced, never rewritten, on a re-pull), so the kernel may keep its pages
+#: across opens (``kernel_cache``) and its names and attributes for a day instead of asking the
+#: daemon again every second.  This is what lets launches that share a mount (image holders)
+#: find the image in the page cache.  Mount options are not among them: the connection is
+#: mounted by us before the daemon starts.
+SQUASHFUSE_OPTIONS = "kernel_cache,entry_timeout=86400,attr_timeout=86400,negative_timeout=86400"
+
+
+def helper_argv(helper: str, source: str, fuse_fd: int) -> list[str]:
+    """The helper's argv: ``squashfuse -o OPTIONS IMAGE /dev/fd/N`` (another helper gets no options)."""
+    options = ["-o", SQUASHFUSE_OPTIONS] if helper.rsplit("/", 1)[-1] == "squashfuse" else []
+    return [helper, *options, source, f"/dev/fd/{fuse_fd}"]
+
+
 def _serve(go: int, fuse_fd: int, user: tuple[int, int, tuple[int, ...]]) -> None:
     """G: wait for "go" (or EOF if the parent failed), become the user, exec squashfuse."""
     try:
@@ -229,7 +244,7 @@ def _serve(go: int, fuse_fd: int, user: tuple[int, int, tuple[int, ...]]) -> Non
         if len(args) >= 2:
             helper_identity(user)
             os.set_inheritable(fuse_fd, True)
-            os.execvpe(args[0], [args[0], args[1], f"/dev/fd/{fuse_fd}"], _HELPER_ENV)  # noqa: S606
+            os.execvpe(args[0], helper_argv(args[0], args[1], fuse_fd), _HELPER_ENV)  # noqa: S606
     finally:
         os._exit(127)
 
