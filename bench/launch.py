@@ -84,8 +84,9 @@ def main() -> int:
             status |= run(base, args.runs, args.warmup, image, args.venv)
         finally:
             subprocess.run([str(args.venv / "shifter-teardown")], env=env_for(base), check=False)
-            subprocess.run([str(args.venv / "shifter-teardown"), f"--user={TEST_USER}"], env=env_for(base),
-                           check=False)
+            for user in (TEST_USER, "root"):  # the warm rows' holders (unprivileged and root mode)
+                subprocess.run([str(args.venv / "shifter-teardown"), f"--user={user}"], env=env_for(base),
+                               check=False)
             shutil.rmtree(base, ignore_errors=True)
     return status
 
