@@ -27,10 +27,10 @@ from tests.fixtures.runtime import (
     TEST_UID,
     TEST_USER,
     build_rootfs,
+    container_site,
     ensure_user,
     needs_tools,
     publish,
-    scratch_dir,
     shifter_env,
 )
 
@@ -84,10 +84,7 @@ def site() -> Iterator[Site]:
     if not IS_ROOT:
         pytest.skip("needs root")
     ensure_user()
-    os.chmod("/dev/fuse", 0o666)
-    base = scratch_dir("shifter-dev-")
-    for sub in ("store/tags/docker", "udi", "loop", "nodes", "cdidata"):
-        (base / sub).mkdir(parents=True)
+    base = container_site("shifter-dev-", "store/tags/docker", "udi", "loop", "nodes", "cdidata")
     rootfs = base / "rootfs"
     build_rootfs(rootfs)
     (rootfs / "scratch").mkdir(mode=0o1777)

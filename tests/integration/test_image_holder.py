@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from tests.fixtures.runtime import (
     TEST_UID,
     TEST_USER,
     build_rootfs,
+    container_site,
     ensure_user,
     loop_devices,
     needs_tools,
@@ -80,11 +80,7 @@ def site() -> Iterator[Site]:
         pytest.skip("needs root")
     ensure_user()
     _ensure_other_user()
-    os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-holder-", dir="/var/lib"))
-    os.chmod(base, 0o755)
-    for sub in ("store/tags/docker", "udi", "loop"):
-        (base / sub).mkdir(parents=True)
+    base = container_site("shifter-holder-", "store/tags/docker", "udi", "loop")
     rootfs = base / "rootfs"
     build_rootfs(rootfs)
     (rootfs / "app").mkdir()
@@ -150,7 +146,7 @@ def wait_for(predicate: Callable[[], bool], limit: float = 20.0) -> bool:
     return predicate()
 
 
-def user_processes(uid: int = TEST_UID, mark: str = "/var/lib/shifter-holder-") -> list[tuple[int, str]]:
+def user_processes(uid: int = TEST_UID, mark: str = "/var/lib/shifter-tests/shifter-holder-") -> list[tuple[int, str]]:
     """Live processes of ``uid`` that belong to these tests (other tests may run as the same user
     at the same time): ``mark`` in their command line or environment (squashfuse names the
     image, containers and holders inherit ``SHIFTER_CONFIG``)."""

@@ -12,17 +12,15 @@ container (shifter-setup).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import mpi_image
-from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_USER, ensure_user
+from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_USER, container_site, ensure_user
 
 # The first session builds the image (debootstrap, 1-3 minutes; cached under /var/cache after).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -38,11 +36,8 @@ def config() -> Iterator[Path]:
     if not shutil.which("mpiexec"):
         pytest.fail("the host's MPICH (mpiexec) is missing: scripts/install.sh installs it")
     ensure_user()
-    os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-mpi-", dir="/var/lib"))
+    base = container_site("shifter-mpi-", "store/tags/docker", "udi", "loop")
     store = base / "store"
-    for sub in ("store/tags/docker", "udi", "loop"):
-        (base / sub).mkdir(parents=True)
     mpi_image.publish_cached(store, "docker.io/library/mpi:test", IMAGE_ID)
     path = base / "udiRoot.conf"
     path.write_text(f"imagePath={store}\nudiMount={base / 'udi'}\nloopMount={base / 'loop'}\nautoPull=0\n"

@@ -21,10 +21,10 @@ from tests.fixtures.runtime import (
     SHIFTER,
     TEST_USER,
     build_rootfs,
+    container_site,
     ensure_user,
     needs_tools,
     publish,
-    scratch_dir,
     shifter_env,
 )
 
@@ -50,10 +50,7 @@ def site() -> Iterator[Site]:
     if not IS_ROOT:
         pytest.skip("needs root")
     ensure_user()
-    os.chmod("/dev/fuse", 0o666)
-    base = scratch_dir("shifter-mpich-")
-    for sub in ("store/tags/docker", "udi", "loop"):
-        (base / sub).mkdir(parents=True)
+    base = container_site("shifter-mpich-", "store/tags/docker", "udi", "loop")
     host = base / "host"
     libdir = make_tree(host)
     dep = build_lib(libdir, "libfabricfake.so.1.0.0", "libfabricfake.so.1")

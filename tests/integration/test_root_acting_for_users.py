@@ -20,7 +20,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,16 @@ from shifter.store.layout import ImageStore
 from tests.conftest import AUTH_PASSWORD, AUTH_USER, PushedImage
 from tests.fixtures.images import push
 from tests.fixtures.registry import Registry
-from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, VENV_BIN, ensure_user, needs_tools
+from tests.fixtures.runtime import (
+    IS_ROOT,
+    SHIFTER,
+    TEST_UID,
+    TEST_USER,
+    VENV_BIN,
+    container_site,
+    ensure_user,
+    needs_tools,
+)
 
 pytestmark = [pytest.mark.integration, needs_tools]
 
@@ -81,11 +89,7 @@ def site() -> Iterator[Site]:
     if not IS_ROOT:
         pytest.skip("needs root (acts for other users, loop mounts)")
     _ensure_users()
-    os.chmod("/dev/fuse", 0o666)
-    base = Path(tempfile.mkdtemp(prefix="shifter-forusers-", dir="/var/lib"))
-    os.chmod(base, 0o755)
-    for sub in ("site", "udi", "loop", "roothome"):
-        (base / sub).mkdir()
+    base = container_site("shifter-forusers-", "site", "udi", "loop", "roothome")
     name = f"shifter-it-{uuid.uuid4().hex[:8]}"
     config = base / "udiRoot.conf"
     config.write_text(f"imagePath={base / 'site'}\nudiMount={base / 'udi'}\nloopMount={base / 'loop'}\n"

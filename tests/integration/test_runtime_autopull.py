@@ -17,7 +17,15 @@ import pytest
 
 from shifter.store.layout import ImageStore
 from tests.conftest import PushedImage
-from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, ensure_user, needs_tools, scratch_dir
+from tests.fixtures.runtime import (
+    IS_ROOT,
+    SHIFTER,
+    TEST_UID,
+    TEST_USER,
+    container_site,
+    ensure_user,
+    needs_tools,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +35,7 @@ def world() -> Iterator[Path]:
     if not IS_ROOT:
         pytest.skip("needs root (creates users, loop mounts)")
     ensure_user()
-    os.chmod("/dev/fuse", 0o666)
-    base = scratch_dir("shifter-pull-")
-    os.chmod(base, 0o755)
-    for sub in ("site", "udi", "loop"):
-        (base / sub).mkdir()
-    (base / "user").mkdir()
+    base = container_site("shifter-pull-", "site", "udi", "loop", "user")
     os.chown(base / "user", TEST_UID, TEST_UID)
     yield base
     shutil.rmtree(base, ignore_errors=True)

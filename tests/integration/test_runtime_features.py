@@ -26,11 +26,11 @@ from tests.fixtures.runtime import (
     TEST_UID,
     TEST_USER,
     build_rootfs,
+    container_site,
     ensure_user,
     loop_devices,
     needs_tools,
     publish,
-    scratch_dir,
     shifter_env,
 )
 
@@ -70,11 +70,8 @@ def site() -> Iterator[Site]:
         pytest.skip("needs root")
     ensure_user()
     _ensure_group()
-    os.chmod("/dev/fuse", 0o666)
-    base = scratch_dir("shifter-feat-")
-    os.chmod(base, 0o755)
-    for sub in ("store/tags/docker", "userstore/tags/docker", "udi", "loop", "cache", "shared/sub"):
-        (base / sub).mkdir(parents=True)
+    base = container_site("shifter-feat-", "store/tags/docker", "userstore/tags/docker", "udi", "loop", "cache",
+                          "shared/sub")
     rootfs = base / "rootfs"
     build_rootfs(rootfs)
     (rootfs / "app").mkdir()

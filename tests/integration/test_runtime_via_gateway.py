@@ -5,7 +5,6 @@ again by the runtime (a root-owned launch for another user included)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -18,7 +17,15 @@ from tests.fixtures.gateway import GatewayProc, write_configs
 from tests.fixtures.images import busybox_entries, directory, file, layer_tar, push_image
 from tests.fixtures.munge import Munged
 from tests.fixtures.registry import Registry
-from tests.fixtures.runtime import IS_ROOT, SHIFTER, TEST_UID, TEST_USER, ensure_user, needs_tools, scratch_dir
+from tests.fixtures.runtime import (
+    IS_ROOT,
+    SHIFTER,
+    TEST_UID,
+    TEST_USER,
+    container_site,
+    ensure_user,
+    needs_tools,
+)
 
 pytestmark = [pytest.mark.integration, needs_tools]
 SYS = "testsys"
@@ -30,10 +37,7 @@ def world() -> Iterator[Path]:
     if not IS_ROOT:
         pytest.skip("needs root (users, mounts)")
     ensure_user()
-    os.chmod("/dev/fuse", 0o666)
-    base = scratch_dir("shifter-gwrt-")  # udiMount/loopMount may not lie in /tmp or /var/tmp
-    for sub in ("udi", "loop"):
-        (base / sub).mkdir()
+    base = container_site("shifter-gwrt-", "udi", "loop")  # udiMount/loopMount may not lie in /tmp or /var/tmp
     yield base
     shutil.rmtree(base, ignore_errors=True)
 

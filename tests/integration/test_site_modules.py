@@ -26,10 +26,10 @@ from tests.fixtures.runtime import (
     TEST_USER,
     VENV_BIN,
     build_rootfs,
+    container_site,
     ensure_user,
     needs_tools,
     publish,
-    scratch_dir,
     shifter_env,
 )
 
@@ -79,10 +79,7 @@ def site() -> Iterator[Site]:
     if not IS_ROOT:
         pytest.skip("needs root")
     ensure_user()
-    os.chmod("/dev/fuse", 0o666)
-    base = scratch_dir("shifter-mods-")
-    for sub in ("store/tags/docker", "udi", "loop", "hooks", "copy/a/sub", "copy/b"):
-        (base / sub).mkdir(parents=True)
+    base = container_site("shifter-mods-", "store/tags/docker", "udi", "loop", "hooks", "copy/a/sub", "copy/b")
     rootfs = base / "rootfs"
     build_rootfs(rootfs)  # has a setuid-root busybox at /usr/bin/busybox
     (rootfs / "opt").mkdir()
